@@ -1,0 +1,48 @@
+# Every target installs what it needs into .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-unit test-integration lint format run up clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with pinned dependencies
+
+test: $(STAMP) ## run lint and every test tier (unit, integration, e2e, k8s)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q
+
+test-unit: $(STAMP) ## unit tests only (no services)
+	$(BIN)/pytest -q tests/unit
+
+test-integration: $(STAMP) ## integration tests against real broker, S3 and MLflow
+	$(BIN)/pytest -q tests/integration
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## apply ruff formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+run: $(STAMP) ## the main job: the whole pipeline end to end on the embedded stack
+	$(BIN)/flts run
+
+up: $(STAMP) ## start Kafka, S3 and MLflow in the foreground
+	$(BIN)/flts up
+
+clean: ## remove the venv and local state
+	rm -rf $(VENV) .flts reports

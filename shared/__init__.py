@@ -1,0 +1,1 @@
+"""The one library every FLTS service imports: settings, logging, Kafka, events, storage, data."""

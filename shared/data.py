@@ -1,0 +1,148 @@
+"""The data contract every stage shares: columns, time features, the scaler and windows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+TIME_COLUMN = "time"
+STEP = pd.Timedelta(minutes=2)
+KPI_COLUMNS: tuple[str, ...] = (
+    "down",
+    "up",
+    "rnti_count",
+    "mcs_down",
+    "mcs_down_var",
+    "mcs_up",
+    "mcs_up_var",
+    "rb_down",
+    "rb_down_var",
+    "rb_up",
+    "rb_up_var",
+)
+TIME_FEATURES: tuple[str, ...] = (
+    "min_of_day_sin",
+    "min_of_day_cos",
+    "day_of_week_sin",
+    "day_of_week_cos",
+    "day_of_year_sin",
+    "day_of_year_cos",
+)
+FEATURE_COLUMNS: tuple[str, ...] = KPI_COLUMNS + TIME_FEATURES
+
+_MINUTES_PER_DAY = 1440.0
+
+
+def time_features(timestamps: pd.DatetimeIndex | Sequence[pd.Timestamp]) -> pd.DataFrame:
+    """Cyclical encodings of minute of day (1440 min), day of week (7 d), day of year (365.25 d)."""
+    index = pd.DatetimeIndex(timestamps)
+    minute = (index.hour * 60 + index.minute + index.second / 60.0).to_numpy(dtype=float)
+    day_fraction = minute / _MINUTES_PER_DAY
+    week = (index.dayofweek.to_numpy(dtype=float) + day_fraction) / 7.0
+    year = (index.dayofyear.to_numpy(dtype=float) - 1.0 + day_fraction) / 365.25
+    two_pi = 2.0 * math.pi
+    return pd.DataFrame(
+        {
+            "min_of_day_sin": np.sin(two_pi * day_fraction),
+            "min_of_day_cos": np.cos(two_pi * day_fraction),
+            "day_of_week_sin": np.sin(two_pi * week),
+            "day_of_week_cos": np.cos(two_pi * week),
+            "day_of_year_sin": np.sin(two_pi * year),
+            "day_of_year_cos": np.cos(two_pi * year),
+        },
+        index=index,
+    )
+
+
+@dataclass(frozen=True)
+class MinMaxScaler:
+    """Per-column min-max scaling fitted on the train split, stored as plain JSON numbers.
+
+    A column whose range is zero or not finite keeps scale 1 so that scaling stays finite and
+    invertible (a constant column maps to 0).
+    """
+
+    columns: tuple[str, ...]
+    data_min: tuple[float, ...]
+    data_range: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, columns: Sequence[str] = KPI_COLUMNS) -> MinMaxScaler:
+        values = frame.loc[:, list(columns)].to_numpy(dtype=np.float64)
+        lo = np.nanmin(values, axis=0)
+        hi = np.nanmax(values, axis=0)
+        span = hi - lo
+        usable = np.isfinite(span) & (span > 0)
+        span = np.where(usable, span, 1.0)
+        lo = np.where(np.isfinite(lo), lo, 0.0)
+        return cls(tuple(columns), tuple(float(v) for v in lo), tuple(float(v) for v in span))
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.data_min), np.asarray(self.data_range)
+
+    def transform_array(self, values: np.ndarray) -> np.ndarray:
+        lo, span = self._arrays()
+        return (np.asarray(values, dtype=np.float64) - lo) / span
+
+    def inverse_array(self, values: np.ndarray) -> np.ndarray:
+        lo, span = self._arrays()
+        return np.asarray(values, dtype=np.float64) * span + lo
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.copy()
+        out.loc[:, list(self.columns)] = self.transform_array(frame.loc[:, list(self.columns)])
+        return out
+
+    def inverse_transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        out = frame.copy()
+        out.loc[:, list(self.columns)] = self.inverse_array(frame.loc[:, list(self.columns)])
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": "minmax",
+            "columns": list(self.columns),
+            "data_min": list(self.data_min),
+            "data_range": list(self.data_range),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> MinMaxScaler:
+        if data.get("kind") != "minmax":
+            raise ValueError(f"unknown scaler kind {data.get('kind')!r}")
+        columns = tuple(str(c) for c in data["columns"])  # type: ignore[union-attr]
+        lo = tuple(float(v) for v in data["data_min"])  # type: ignore[union-attr]
+        span = tuple(float(v) for v in data["data_range"])  # type: ignore[union-attr]
+        if not (len(columns) == len(lo) == len(span)):
+            raise ValueError("scaler columns, data_min and data_range differ in length")
+        if not all(math.isfinite(v) for v in lo + span) or any(v <= 0 for v in span):
+            raise ValueError("scaler parameters must be finite with positive ranges")
+        return cls(columns, lo, span)
+
+
+def make_windows(
+    features: np.ndarray, targets: np.ndarray, input_len: int, output_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Slide over time: X[i] = features[i : i+input_len], Y[i] = targets[i+input_len : +output_len].
+
+    Returns X of shape (n, input_len, n_features) and Y of shape (n, output_len, n_targets),
+    n = rows - input_len - output_len + 1 (0 when there are too few rows).
+    """
+    if input_len < 1 or output_len < 1:
+        raise ValueError("input_len and output_len must be positive")
+    rows = len(features)
+    if len(targets) != rows:
+        raise ValueError("features and targets differ in length")
+    count = rows - input_len - output_len + 1
+    if count <= 0:
+        return (
+            np.empty((0, input_len, features.shape[1]), dtype=features.dtype),
+            np.empty((0, output_len, targets.shape[1]), dtype=targets.dtype),
+        )
+    x_index = np.arange(input_len)[None, :] + np.arange(count)[:, None]
+    y_index = np.arange(output_len)[None, :] + (np.arange(count) + input_len)[:, None]
+    return features[x_index], targets[y_index]

@@ -1,0 +1,90 @@
+"""MLflow helpers: connection, experiments, finding runs by config hash, artifact download."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from shared.kafka import TransientError
+
+EXPERIMENT_RECURRENT = "Default"
+EXPERIMENT_NONML = "NonML"
+
+
+def experiment_for(model_type: str) -> str:
+    return EXPERIMENT_NONML if model_type == "PROPHET" else EXPERIMENT_RECURRENT
+
+
+def connect(tracking_uri: str) -> MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def mlflow_answers(tracking_uri: str, timeout_s: float = 3.0) -> bool:
+    """True when a real API route answers (`/health` can say 200 while the API refuses)."""
+    url = f"{tracking_uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as exc:
+        # 404 RESOURCE_DOES_NOT_EXIST still proves the API is serving.
+        return exc.code == 404
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_for_mlflow(tracking_uri: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if mlflow_answers(tracking_uri):
+            return
+        time.sleep(0.5)
+    raise TransientError(f"MLflow at {tracking_uri} did not answer within {timeout_s:.0f}s")
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except mlflow.exceptions.MlflowException:
+        # Another service created it between our look-up and create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_runs(
+    client: MlflowClient,
+    config_hash: str,
+    model_type: str | None = None,
+    statuses: tuple[str, ...] = ("FINISHED",),
+) -> list[Run]:
+    """Runs tagged with `config_hash` (and `model_type`), newest first."""
+    names = [EXPERIMENT_RECURRENT, EXPERIMENT_NONML]
+    ids = [e.experiment_id for n in names if (e := client.get_experiment_by_name(n)) is not None]
+    if not ids:
+        return []
+    clauses = [f"tags.config_hash = '{config_hash}'"]
+    if model_type is not None:
+        clauses.append(f"tags.model_type = '{model_type}'")
+    runs = client.search_runs(
+        experiment_ids=ids,
+        filter_string=" and ".join(clauses),
+        order_by=["attributes.start_time DESC"],
+        max_results=200,
+    )
+    return [r for r in runs if r.info.status in statuses]
+
+
+def download_artifacts(client: MlflowClient, run_id: str, path: str, destination: Path) -> Path:
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, path, str(destination)))
