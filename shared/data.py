@@ -42,8 +42,8 @@ def time_features(timestamps: pd.DatetimeIndex | Sequence[pd.Timestamp]) -> pd.D
     index = pd.DatetimeIndex(timestamps)
     minute = (index.hour * 60 + index.minute + index.second / 60.0).to_numpy(dtype=float)
     day_fraction = minute / _MINUTES_PER_DAY
-    week = (index.dayofweek.to_numpy(dtype=float) + day_fraction) / 7.0
-    year = (index.dayofyear.to_numpy(dtype=float) - 1.0 + day_fraction) / 365.25
+    week = (index.day_of_week.to_numpy(dtype=float) + day_fraction) / 7.0
+    year = (index.day_of_year.to_numpy(dtype=float) - 1.0 + day_fraction) / 365.25
     two_pi = 2.0 * math.pi
     return pd.DataFrame(
         {

@@ -1,0 +1,52 @@
+"""`python -m preprocess_container`: settings -> logging -> clients -> one run -> exit code.
+
+Exit codes: 0 processed (or reused) and claims published; 1 refused (reported on DLQ-training-data);
+2 invalid settings; 3 infrastructure unreachable or failing (the Job may retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from preprocess_container.job import (
+    EXIT_INFRA,
+    INFRA_ERRORS,
+    SERVICE,
+    ensure_job_topics,
+    execute,
+    wait_for_store,
+)
+from shared.kafka import EventProducer, wait_for_broker
+from shared.logging import configure_logging
+from shared.settings import SettingsError, load_settings
+from shared.settings.preprocess import PreprocessSettings
+from shared.storage import ObjectStore
+
+log = logging.getLogger("preprocess_container")
+
+
+def main() -> int:
+    try:
+        settings = load_settings(PreprocessSettings)
+    except SettingsError:
+        return 2
+    configure_logging(SERVICE, settings.LOG_LEVEL)
+    bootstrap = settings.KAFKA_BOOTSTRAP_SERVERS
+    try:
+        store = ObjectStore.from_settings(settings)
+        wait_for_store(store, settings.BUCKET_DATASET, settings.STARTUP_TIMEOUT_S)
+        wait_for_broker(bootstrap, settings.STARTUP_TIMEOUT_S)
+        ensure_job_topics(settings)
+        producer = EventProducer(bootstrap, client_id=SERVICE)
+    except INFRA_ERRORS as exc:
+        log.error("cannot reach the infrastructure", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return EXIT_INFRA
+    try:
+        return execute(settings, store, producer)
+    finally:
+        producer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
