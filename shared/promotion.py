@@ -1,0 +1,180 @@
+"""Promotion objects in the `model-promotion` bucket (layout in DESIGN.md).
+
+- `<identifier>/<config_hash>/promotion-<timestamp>.json`: history, one per promotion. It is the
+  durable decision: a config hash with a history object is never promoted again.
+- `<identifier>/<config_hash>/published.json`: written after `model-selected` was flushed, so a
+  crash between the history write and the publish is finished on redelivery, and a redelivery
+  after it is a no-op.
+- `<identifier>/current.json` and `current.json`: the live pointers (read by inference).
+- `_evaluator/pending/<config_hash>.json`: the evaluator's waiting state for a config hash
+  (first event seen, failed types), so a restart keeps the promotion timeout and failures.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.events import PromotionPointer, model_dict, utcnow
+from shared.storage import ObjectNotFound, ObjectStore
+
+log = logging.getLogger(__name__)
+
+CURRENT_NAME = "current.json"
+PUBLISHED_NAME = "published.json"
+HISTORY_PREFIX = "promotion-"
+PENDING_PREFIX = "_evaluator/pending/"
+
+
+class PendingHash(BaseModel):
+    """What the evaluator must remember about a config hash it is still waiting on."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    config_hash: str
+    identifier: str
+    first_seen: datetime = Field(default_factory=utcnow)
+    failed: dict[str, str] = Field(default_factory=dict)
+    closed_reason: str | None = None
+
+
+def current_key(identifier: str | None) -> str:
+    return f"{identifier}/{CURRENT_NAME}" if identifier else CURRENT_NAME
+
+
+def history_dir(identifier: str, config_hash: str) -> str:
+    return f"{identifier}/{config_hash}/"
+
+
+def history_key(identifier: str, config_hash: str, timestamp: datetime) -> str:
+    # Compact UTC time, microseconds included: keys sort in promotion order.
+    stamp = timestamp.strftime("%Y%m%dT%H%M%S%fZ")
+    return f"{history_dir(identifier, config_hash)}{HISTORY_PREFIX}{stamp}.json"
+
+
+def published_key(identifier: str, config_hash: str) -> str:
+    return f"{history_dir(identifier, config_hash)}{PUBLISHED_NAME}"
+
+
+def pending_key(config_hash: str) -> str:
+    return f"{PENDING_PREFIX}{config_hash}.json"
+
+
+def is_history_key(key: str) -> bool:
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith(HISTORY_PREFIX) and name.endswith(".json")
+
+
+def _parse_pointer(raw: Any, where: str) -> PromotionPointer | None:
+    try:
+        return PromotionPointer.model_validate(raw)
+    except ValidationError as exc:
+        log.error("promotion pointer is not valid; ignoring it", extra={"object": where, "error": str(exc)})
+        return None
+
+
+def load_current_pointer(store: ObjectStore, bucket: str, identifier: str | None) -> PromotionPointer | None:
+    """The live pointer for `identifier` (or the global one for None); None when there is none.
+
+    A pointer that does not parse is logged and treated as absent: serving nothing beats serving
+    a model nobody can name.
+    """
+    key = current_key(identifier)
+    try:
+        raw = store.get_json(bucket, key)
+    except ObjectNotFound:
+        return None
+    except ValueError as exc:
+        log.error("promotion pointer is not JSON; ignoring it", extra={"object": key, "error": str(exc)})
+        return None
+    return _parse_pointer(raw, f"s3://{bucket}/{key}")
+
+
+def list_history(store: ObjectStore, bucket: str, identifier: str, config_hash: str) -> list[str]:
+    """History object keys of one config hash, oldest first."""
+    try:
+        keys = store.list_keys(bucket, history_dir(identifier, config_hash))
+    except ObjectNotFound:
+        return []
+    return sorted(k for k in keys if is_history_key(k))
+
+
+def load_history(store: ObjectStore, bucket: str, key: str) -> PromotionPointer:
+    pointer = _parse_pointer(store.get_json(bucket, key), f"s3://{bucket}/{key}")
+    if pointer is None:
+        raise ValueError(f"history object s3://{bucket}/{key} is not a promotion pointer")
+    return pointer
+
+
+def write_history(store: ObjectStore, bucket: str, pointer: PromotionPointer) -> str:
+    key = history_key(pointer.identifier, pointer.config_hash, pointer.timestamp)
+    store.put_json(bucket, key, model_dict(pointer))
+    return key
+
+
+def write_current_pointers(store: ObjectStore, bucket: str, pointer: PromotionPointer) -> list[str]:
+    """Point `<identifier>/current.json` and `current.json` at `pointer`, unless a later promotion
+    already lives there (a promotion being finished after a crash must not roll the live model
+    back). Returns the keys written."""
+    written = []
+    for identifier in (pointer.identifier, None):
+        key = current_key(identifier)
+        live = load_current_pointer(store, bucket, identifier)
+        if (
+            live is not None
+            and live.config_hash != pointer.config_hash
+            and live.timestamp > pointer.timestamp
+        ):
+            log.warning(
+                "a later promotion is live; leaving it",
+                extra={
+                    "object": key,
+                    "live_config_hash": live.config_hash,
+                    "config_hash": pointer.config_hash,
+                },
+            )
+            continue
+        store.put_json(bucket, key, model_dict(pointer))
+        written.append(key)
+    return written
+
+
+def is_published(store: ObjectStore, bucket: str, identifier: str, config_hash: str) -> bool:
+    return store.exists(bucket, published_key(identifier, config_hash))
+
+
+def mark_published(store: ObjectStore, bucket: str, pointer: PromotionPointer, topic: str) -> None:
+    store.put_json(
+        bucket,
+        published_key(pointer.identifier, pointer.config_hash),
+        {"event_id": pointer.event_id, "run_id": pointer.run_id, "topic": topic, "published_at": utcnow()},
+    )
+
+
+def save_pending(store: ObjectStore, bucket: str, pending: PendingHash) -> None:
+    store.put_json(bucket, pending_key(pending.config_hash), model_dict(pending))
+
+
+def delete_pending(store: ObjectStore, bucket: str, config_hash: str) -> None:
+    store.client.delete_object(Bucket=bucket, Key=pending_key(config_hash))
+
+
+def load_pending(store: ObjectStore, bucket: str) -> dict[str, PendingHash]:
+    """Every config hash the evaluator was waiting on when it last stopped."""
+    try:
+        keys = store.list_keys(bucket, PENDING_PREFIX)
+    except ObjectNotFound:
+        return {}
+    pending: dict[str, PendingHash] = {}
+    for key in keys:
+        try:
+            item = PendingHash.model_validate(store.get_json(bucket, key))
+        except (ObjectNotFound, ValueError) as exc:
+            # ValidationError is a ValueError; a broken state object must not stop the service.
+            log.warning("skipping unreadable pending state", extra={"object": key, "error": str(exc)})
+            continue
+        pending[item.config_hash] = item
+    return pending

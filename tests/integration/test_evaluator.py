@@ -1,0 +1,513 @@
+"""The evaluator as a real process against the real broker, S3 server and MLflow server.
+
+MLflow runs are created here with the contract's tags and metrics (no training), then the
+trainers' `model-training` events are published by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from mlflow.tracking import MlflowClient
+
+from flts_cli.stack import StackConfig, free_port
+from shared import promotion
+from shared.events import ModelType, PromotionPointer, TrainingEvent, TrainingStatus, dlq_topic
+from shared.kafka import EventProducer, ensure_topics
+from shared.mlflow_utils import ensure_experiment, experiment_for
+from shared.scoring import DEFAULT_WEIGHTS as WEIGHTS
+from shared.scoring import Candidate, build_pointer, rank
+from shared.storage import ObjectStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def config_hash_for(label: str) -> str:
+    return hashlib.sha256(f"{label}-{uuid.uuid4().hex}".encode()).hexdigest()
+
+
+@dataclass
+class Topics:
+    training: str
+    selected: str
+    bucket: str
+    group: str
+
+
+class EvaluatorProcess:
+    """`python -m eval_container` with its own topics, bucket and consumer group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.port = int(env["HEALTH_PORT"])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log_file = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eval_container"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        log_file.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"evaluator exited: {self.log_tail()}"
+            if self.probe("/readyz")[0] == 200:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"evaluator not ready in 30 s: {self.log_tail()}")
+
+    def probe(self, path: str) -> tuple[int, dict[str, object]]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+            return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+
+class Harness:
+    """Creates MLflow runs, publishes training events and reads what the evaluator produced."""
+
+    def __init__(self, stack: StackConfig, store: ObjectStore, topics: Topics) -> None:
+        self.stack = stack
+        self.store = store
+        self.topics = topics
+        self.client = MlflowClient(tracking_uri=stack.mlflow_url)
+        self.producer = EventProducer(stack.kafka_bootstrap, client_id="test-evaluator")
+        self.artifact_dir: Path | None = None
+
+    def make_run(
+        self,
+        config_hash: str,
+        identifier: str,
+        model_type: ModelType,
+        rmse: float,
+        baseline_rmse: float = 1.0,
+        status: str = "FINISHED",
+    ) -> str:
+        experiment_id = ensure_experiment(self.client, experiment_for(model_type.value))
+        run = self.client.create_run(
+            experiment_id,
+            run_name=model_type.value,
+            tags={
+                "config_hash": config_hash,
+                "model_type": model_type.value,
+                "identifier": identifier,
+                "dataset": identifier,
+            },
+        )
+        run_id = run.info.run_id
+        metrics = {
+            "test_rmse": rmse,
+            "test_mae": rmse * 0.8,
+            "test_mse": rmse * rmse,
+            "baseline_test_rmse": baseline_rmse,
+            "baseline_test_mae": baseline_rmse * 0.8,
+            "baseline_test_mse": baseline_rmse**2,
+            "test_rmse_down": rmse * 100,
+            "test_rmse_up": rmse * 50,
+        }
+        for name, value in metrics.items():
+            self.client.log_metric(run_id, name, value)
+        self.client.set_terminated(run_id, status=status)
+        return run_id
+
+    def event(
+        self,
+        config_hash: str,
+        identifier: str,
+        model_type: ModelType,
+        run_id: str | None,
+        status: TrainingStatus = TrainingStatus.SUCCESS,
+    ) -> TrainingEvent:
+        return TrainingEvent(
+            operation=TrainingEvent.operation_for(status, model_type),
+            status=status,
+            model_type=model_type,
+            experiment=experiment_for(model_type.value),
+            run_name=model_type.value,
+            run_id=run_id,
+            config_hash=config_hash,
+            identifier=identifier,
+            metrics={"test_rmse": 0.1} if status is TrainingStatus.SUCCESS else None,
+            error="CUDA out of memory" if status is TrainingStatus.FAILED else None,
+        )
+
+    def publish(self, event: TrainingEvent | bytes, key: str) -> None:
+        self.producer.publish(self.topics.training, key, event)
+
+    def read_topic(self, topic: str) -> list[tuple[str | None, dict[str, object]]]:
+        """Every message on `topic` up to its current end (assign, no group join)."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.stack.kafka_bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            ends: dict[int, int] = {}
+            assignments = []
+            for p in partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                if high > low:
+                    ends[p] = high
+                    assignments.append(TopicPartition(topic, p, low))
+            consumer.assign(assignments)
+            out: list[tuple[str | None, dict[str, object]]] = []
+            deadline = time.monotonic() + 15
+            while ends and time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is None or msg.error():
+                    continue
+                key = msg.key().decode() if msg.key() else None
+                out.append((key, json.loads(msg.value())))
+                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                    ends.pop(msg.partition(), None)
+            assert not ends, f"could not read {topic} to its end"
+            return out
+        finally:
+            consumer.close()
+
+    def consumed_all(self) -> bool:
+        """True once the evaluator's group has committed every message on the training topic."""
+        consumer = Consumer({"bootstrap.servers": self.stack.kafka_bootstrap, "group.id": self.topics.group})
+        try:
+            topic = self.topics.training
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+            for tp in committed:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+                if max(tp.offset, 0) < high:
+                    return False
+            return True
+        finally:
+            consumer.close()
+
+    def wait_consumed(self, timeout_s: float = 30.0) -> None:
+        wait_until(self.consumed_all, timeout_s, "evaluator did not commit every event")
+
+    def history(self, identifier: str, config_hash: str) -> list[str]:
+        return promotion.list_history(self.store, self.topics.bucket, identifier, config_hash)
+
+    def selected(self, identifier: str) -> list[dict[str, object]]:
+        return [value for key, value in self.read_topic(self.topics.selected) if key == identifier]
+
+    def dead_letters(self) -> list[dict[str, object]]:
+        return [value for _key, value in self.read_topic(dlq_topic(self.topics.training))]
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(message)
+
+
+def make_topics(stack: StackConfig, store: ObjectStore) -> Topics:
+    suffix = uuid.uuid4().hex[:10]
+    topics = Topics(
+        training=f"model-training-{suffix}",
+        selected=f"model-selected-{suffix}",
+        bucket=f"model-promotion-{suffix}",
+        group=f"evaluator-{suffix}",
+    )
+    # Created before the evaluator subscribes: a late topic may stay invisible for minutes.
+    ensure_topics(stack.kafka_bootstrap, [topics.training, topics.selected, dlq_topic(topics.training)])
+    store.ensure_bucket(topics.bucket)
+    return topics
+
+
+def evaluator_env(service_env: dict[str, str], topics: Topics, **extra: str) -> dict[str, str]:
+    return {
+        **service_env,
+        "TOPIC_MODEL_TRAINING": topics.training,
+        "TOPIC_MODEL_SELECTED": topics.selected,
+        "BUCKET_PROMOTION": topics.bucket,
+        "CONSUMER_GROUP": topics.group,
+        "HEALTH_PORT": str(free_port()),
+        "HANDLER_RETRY_BACKOFF_S": "0.2",
+        "LOG_LEVEL": "INFO",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def shared_run(
+    stack: StackConfig,
+    service_env: dict[str, str],
+    object_store: ObjectStore,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Harness, EvaluatorProcess]]:
+    """One evaluator for the tests that need no restart; each test uses its own config hash."""
+    topics = make_topics(stack, object_store)
+    process = EvaluatorProcess(
+        evaluator_env(service_env, topics, PROMOTION_TIMEOUT_S="3"),
+        tmp_path_factory.mktemp("evaluator") / "evaluator.log",
+    )
+    process.start()
+    harness = Harness(stack, object_store, topics)
+    try:
+        yield harness, process
+    finally:
+        assert process.stop() == 0, process.log_tail()
+
+
+def test_three_successes_with_duplicates_promote_exactly_once(
+    shared_run: tuple[Harness, EvaluatorProcess],
+) -> None:
+    harness, process = shared_run
+    config_hash, identifier = config_hash_for("dup"), f"Site-{uuid.uuid4().hex[:6]}"
+    runs = {
+        ModelType.GRU: harness.make_run(config_hash, identifier, ModelType.GRU, rmse=0.30),
+        ModelType.LSTM: harness.make_run(config_hash, identifier, ModelType.LSTM, rmse=0.10),
+        ModelType.PROPHET: harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.50),
+    }
+    events = {t: harness.event(config_hash, identifier, t, run_id) for t, run_id in runs.items()}
+    # Out of order, with duplicates before and after the last missing type arrives.
+    for model_type in (ModelType.PROPHET, ModelType.PROPHET, ModelType.GRU, ModelType.LSTM, ModelType.GRU):
+        harness.publish(events[model_type], config_hash)
+    harness.publish(events[ModelType.LSTM], config_hash)
+    harness.wait_consumed()
+
+    history = harness.history(identifier, config_hash)
+    selected = harness.selected(identifier)
+    assert len(history) == 1, process.log_tail()
+    assert len(selected) == 1, process.log_tail()
+    pointer = PromotionPointer.model_validate(selected[0])
+    assert pointer.run_id == runs[ModelType.LSTM]
+    assert pointer.model_type is ModelType.LSTM
+    assert pointer.model_uri == f"runs:/{runs[ModelType.LSTM]}/LSTM"
+    assert pointer.config_hash == config_hash
+    assert pointer.missing_model_types == []
+    assert [e.model_type for e in pointer.scoreboard] == [ModelType.LSTM, ModelType.GRU, ModelType.PROPHET]
+    stored = promotion.load_history(harness.store, harness.topics.bucket, history[0])
+    assert stored.event_id == pointer.event_id
+    live = promotion.load_current_pointer(harness.store, harness.topics.bucket, identifier)
+    assert live is not None and live.run_id == runs[ModelType.LSTM]
+    # The MLflow UI shows the champion through the registered model's alias.
+    version = harness.client.get_model_version_by_alias(f"flts-{identifier}", "champion")
+    assert version.run_id == runs[ModelType.LSTM]
+
+
+def test_failed_type_promotes_among_the_rest_after_timeout(
+    shared_run: tuple[Harness, EvaluatorProcess],
+) -> None:
+    harness, process = shared_run
+    config_hash, identifier = config_hash_for("failed"), f"Site-{uuid.uuid4().hex[:6]}"
+    gru = harness.make_run(config_hash, identifier, ModelType.GRU, rmse=0.20)
+    prophet = harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.40)
+    first = harness.event(config_hash, identifier, ModelType.GRU, gru)
+    harness.publish(first, config_hash)
+    # A second hash where every type fails: after the same timeout nothing may be promoted.
+    doomed_hash, doomed_id = config_hash_for("doomed"), f"Site-{uuid.uuid4().hex[:6]}"
+    for model_type in (ModelType.GRU, ModelType.LSTM, ModelType.PROPHET):
+        harness.publish(
+            harness.event(doomed_hash, doomed_id, model_type, None, TrainingStatus.FAILED), doomed_hash
+        )
+    harness.publish(
+        harness.event(config_hash, identifier, ModelType.LSTM, None, TrainingStatus.FAILED), config_hash
+    )
+    harness.publish(harness.event(config_hash, identifier, ModelType.PROPHET, prophet), config_hash)
+    harness.wait_consumed()
+
+    wait_until(lambda: harness.selected(identifier), 20, "no promotion after the timeout")
+    (message,) = harness.selected(identifier)
+    pointer = PromotionPointer.model_validate(message)
+    # Not before PROMOTION_TIMEOUT_S (3 s) counted from the first event of the hash.
+    assert (pointer.timestamp - first.created_at).total_seconds() >= 3.0, process.log_tail()
+    assert pointer.run_id == gru
+    assert pointer.missing_model_types == [ModelType.LSTM]
+    assert pointer.note is not None and "LSTM" in pointer.note
+    assert len(harness.history(identifier, config_hash)) == 1
+
+    def doomed_closed() -> bool:
+        state = promotion.load_pending(harness.store, harness.topics.bucket).get(doomed_hash)
+        return state is not None and state.closed_reason is not None
+
+    wait_until(doomed_closed, 10, "the all-failed hash was never given up on")
+    assert harness.history(doomed_id, doomed_hash) == []
+    assert harness.selected(doomed_id) == []
+
+
+def test_newer_config_hash_replaces_the_live_pointer(shared_run: tuple[Harness, EvaluatorProcess]) -> None:
+    harness, _process = shared_run
+    identifier = f"Site-{uuid.uuid4().hex[:6]}"
+    promoted: list[str] = []
+    for label in ("older", "newer"):
+        config_hash = config_hash_for(label)
+        for model_type in (ModelType.GRU, ModelType.LSTM, ModelType.PROPHET):
+            run_id = harness.make_run(config_hash, identifier, model_type, rmse=0.2)
+            harness.publish(harness.event(config_hash, identifier, model_type, run_id), config_hash)
+        harness.wait_consumed()
+        promoted.append(config_hash)
+        live = promotion.load_current_pointer(harness.store, harness.topics.bucket, identifier)
+        assert live is not None and live.config_hash == config_hash
+    assert [len(harness.history(identifier, h)) for h in promoted] == [1, 1]
+    assert [m["config_hash"] for m in harness.selected(identifier)] == promoted
+    global_live = promotion.load_current_pointer(harness.store, harness.topics.bucket, None)
+    assert global_live is not None and global_live.config_hash == promoted[-1]
+
+
+def test_promotion_cut_short_after_the_history_write_is_finished_not_redone(
+    shared_run: tuple[Harness, EvaluatorProcess],
+) -> None:
+    harness, process = shared_run
+    config_hash, identifier = config_hash_for("resume"), f"Site-{uuid.uuid4().hex[:6]}"
+    runs = {
+        t: harness.make_run(config_hash, identifier, t, rmse=0.2) for t in (ModelType.GRU, ModelType.LSTM)
+    }
+    prophet = harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.1)
+    # What a crash right after the decision leaves: a history object, no live pointer, no message.
+    winner = Candidate(
+        ModelType.PROPHET, prophet, "NonML", 1, {"test_rmse": 0.1, "test_mae": 0.08, "test_mse": 0.01}
+    )
+    decided = build_pointer(
+        identifier=identifier,
+        config_hash=config_hash,
+        winner=winner,
+        scoreboard=rank([winner]),
+        weights=WEIGHTS,
+    )
+    promotion.write_history(harness.store, harness.topics.bucket, decided)
+
+    for _ in range(2):
+        harness.publish(
+            harness.event(config_hash, identifier, ModelType.GRU, runs[ModelType.GRU]), config_hash
+        )
+    harness.wait_consumed()
+
+    assert len(harness.history(identifier, config_hash)) == 1
+    messages = harness.selected(identifier)
+    assert [m["event_id"] for m in messages] == [decided.event_id], process.log_tail()
+    live = promotion.load_current_pointer(harness.store, harness.topics.bucket, identifier)
+    assert live == decided
+    assert promotion.is_published(harness.store, harness.topics.bucket, identifier, config_hash)
+
+
+def test_skill_gate_blocks_a_winner_that_does_not_beat_persistence(
+    shared_run: tuple[Harness, EvaluatorProcess],
+) -> None:
+    harness, process = shared_run
+    config_hash, identifier = config_hash_for("gate"), f"Site-{uuid.uuid4().hex[:6]}"
+    for model_type in (ModelType.GRU, ModelType.LSTM, ModelType.PROPHET):
+        run_id = harness.make_run(config_hash, identifier, model_type, rmse=0.5, baseline_rmse=0.4)
+        harness.publish(harness.event(config_hash, identifier, model_type, run_id), config_hash)
+    harness.wait_consumed()
+
+    assert harness.history(identifier, config_hash) == []
+    assert harness.selected(identifier) == []
+    state = promotion.load_pending(harness.store, harness.topics.bucket)[config_hash]
+    assert state.closed_reason is not None and "persistence baseline" in state.closed_reason
+    assert "skill gate refused promotion" in process.log_tail(200)
+
+
+def test_unknown_model_type_and_missing_run_go_to_dlq_without_crash(
+    shared_run: tuple[Harness, EvaluatorProcess],
+) -> None:
+    harness, process = shared_run
+    config_hash, identifier = config_hash_for("dlq"), f"Site-{uuid.uuid4().hex[:6]}"
+    unknown_type = harness.event(config_hash, identifier, ModelType.GRU, uuid.uuid4().hex).model_dump(
+        mode="json"
+    )
+    unknown_type["model_type"] = "XGBOOST"
+    harness.publish(json.dumps(unknown_type).encode(), config_hash)
+    missing_run = harness.event(config_hash, identifier, ModelType.GRU, uuid.uuid4().hex)
+    harness.publish(missing_run, config_hash)
+    harness.wait_consumed()
+
+    letters = [json.loads(str(d["payload"])) for d in harness.dead_letters()]
+    assert unknown_type["event_id"] in [p["event_id"] for p in letters]
+    assert missing_run.event_id in [p["event_id"] for p in letters]
+    assert process.proc is not None and process.proc.poll() is None
+    assert process.probe("/readyz")[0] == 200
+    assert process.probe("/healthz") == (200, {"status": "ok", "service": "evaluator", "consuming": True})
+    assert harness.history(identifier, config_hash) == []
+
+
+def test_kill_between_second_and_third_event_still_promotes_once(
+    stack: StackConfig,
+    service_env: dict[str, str],
+    object_store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    topics = make_topics(stack, object_store)
+    harness = Harness(stack, object_store, topics)
+    # A short session timeout lets the restarted member take over the dead one's partitions fast.
+    env = evaluator_env(service_env, topics, KAFKA_SESSION_TIMEOUT_MS="3000")
+    config_hash, identifier = config_hash_for("restart"), f"Site-{uuid.uuid4().hex[:6]}"
+    # The third trainer finishes while the evaluator is down: its run exists only after the kill.
+    runs = {
+        ModelType.GRU: harness.make_run(config_hash, identifier, ModelType.GRU, rmse=0.1),
+        ModelType.LSTM: harness.make_run(config_hash, identifier, ModelType.LSTM, rmse=0.2),
+    }
+
+    first = EvaluatorProcess(env, tmp_path / "first.log")
+    first.start()
+    try:
+        for model_type in (ModelType.GRU, ModelType.LSTM, ModelType.GRU):
+            harness.publish(harness.event(config_hash, identifier, model_type, runs[model_type]), config_hash)
+        harness.wait_consumed()
+        first.kill()
+    finally:
+        first.stop()
+    assert harness.history(identifier, config_hash) == []
+    assert harness.selected(identifier) == []
+    runs[ModelType.PROPHET] = harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.3)
+
+    second = EvaluatorProcess(env, tmp_path / "second.log")
+    second.start()
+    try:
+        for model_type in (ModelType.PROPHET, ModelType.GRU, ModelType.LSTM, ModelType.PROPHET):
+            harness.publish(harness.event(config_hash, identifier, model_type, runs[model_type]), config_hash)
+        harness.wait_consumed()
+        assert len(harness.history(identifier, config_hash)) == 1, second.log_tail()
+        (message,) = harness.selected(identifier)
+        assert message["run_id"] == runs[ModelType.GRU]
+    finally:
+        assert second.stop() == 0, second.log_tail()
