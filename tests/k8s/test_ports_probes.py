@@ -1,0 +1,132 @@
+"""Container ports and probe paths are the ones the code serves."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from tests.k8s.manifests import Resource, Workload, find, settings_from
+
+# Connection values for building settings in-process; nothing is contacted.
+OFFLINE = {
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+    "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+    "AWS_ACCESS_KEY_ID": "offline-test",
+    "AWS_SECRET_ACCESS_KEY": "offline-test",
+}
+
+
+def _only_container(rendered: list[Resource], name: str) -> dict[str, Any]:
+    [container] = Workload(find(rendered, "Deployment", name)).containers
+    return container
+
+
+def _literal_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def _http_probes(container: dict[str, Any]) -> list[dict[str, Any]]:
+    probes = [container.get(k) for k in ("startupProbe", "readinessProbe", "livenessProbe")]
+    return [p["httpGet"] for p in probes if p and "httpGet" in p]
+
+
+def _port_number(container: dict[str, Any], port: int | str) -> int:
+    if isinstance(port, int):
+        return port
+    [number] = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    return int(number)
+
+
+def test_inference_port_and_probe_paths_are_served_by_the_fastapi_app(rendered: list[Resource]) -> None:
+    from inference_container.app import create_app
+    from shared.settings.inference import InferenceSettings
+
+    container = _only_container(rendered, "inference")
+    env = _literal_env(container)
+    settings = settings_from(InferenceSettings, {**OFFLINE, **env})
+    [port] = container["ports"]
+    assert port["containerPort"] == settings.INFERENCE_PORT == 8000
+    assert settings.INFERENCE_HOST == "0.0.0.0", "a pod must listen on all interfaces"
+    app = create_app(settings, run_background=False)
+    served = {route.path for route in app.routes if "GET" in getattr(route, "methods", set())}
+    assert {"/healthz", "/readyz", "/predict", "/metrics", "/model"} - {"/predict"} <= served
+    probes = _http_probes(container)
+    assert {p["path"] for p in probes} == {"/readyz", "/healthz"}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in probes:
+        assert probe["path"] in served
+        assert _port_number(container, probe["port"]) == settings.INFERENCE_PORT
+    service = find(rendered, "Service", "inference")
+    [service_port] = service["spec"]["ports"]
+    assert _port_number(container, service_port["targetPort"]) == settings.INFERENCE_PORT
+
+
+def _get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_evaluator_probes_hit_its_health_server_on_health_port(rendered: list[Resource]) -> None:
+    from eval_container.health import HealthState, start_health_server
+    from shared.settings.evaluator import EvaluatorSettings
+
+    container = _only_container(rendered, "evaluator")
+    settings = settings_from(EvaluatorSettings, {**OFFLINE, **_literal_env(container)})
+    [port] = container["ports"]
+    assert port["containerPort"] == settings.HEALTH_PORT
+    probes = _http_probes(container)
+    assert {p["path"] for p in probes} == {"/healthz", "/readyz"}
+    # Serve the evaluator's real health handler on a free port and ask it the probes' paths.
+    state = HealthState(lambda: True)
+    server = start_health_server(0, state, host="127.0.0.1")
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for probe in probes:
+            assert _port_number(container, probe["port"]) == settings.HEALTH_PORT
+        live = container["livenessProbe"]["httpGet"]["path"]
+        ready = container["readinessProbe"]["httpGet"]["path"]
+        assert _get(base + live)[0] == 200
+        assert _get(base + ready)[0] == 503, "not consuming yet: must not be ready"
+        state.consuming.set()
+        assert _get(base + ready)[0] == 200
+        assert _get(base + "/no-such-probe")[0] == 404, "the server does not answer 200 to anything"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("name", "port", "path"),
+    [
+        ("minio", 9000, "/minio/health/ready"),
+        ("mlflow", 5000, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"),
+    ],
+)
+def test_infrastructure_probes_use_real_api_routes(
+    rendered: list[Resource], name: str, port: int, path: str
+) -> None:
+    kind = "StatefulSet" if name == "minio" else "Deployment"
+    [container] = Workload(find(rendered, kind, name)).containers
+    readiness = container["readinessProbe"]["httpGet"]
+    assert (_port_number(container, readiness["port"]), readiness["path"]) == (port, path)
+
+
+def test_services_reach_infrastructure_on_the_ports_it_listens_on(rendered: list[Resource]) -> None:
+    endpoints = find(rendered, "ConfigMap", "flts-endpoints")["data"]
+    for variable, service_name in (
+        ("KAFKA_BOOTSTRAP_SERVERS", "kafka"),
+        ("MLFLOW_TRACKING_URI", "mlflow"),
+        ("MLFLOW_S3_ENDPOINT_URL", "minio"),
+    ):
+        host, _, port = endpoints[variable].removeprefix("http://").partition(":")
+        assert host == service_name, variable
+        service = find(rendered, "Service", service_name)
+        assert int(port) in {p["port"] for p in service["spec"]["ports"]}, variable
