@@ -12,9 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,14 +38,33 @@ class PortInUseError(StackError):
     pass
 
 
+class StackInterrupted(StackError):
+    """A stop was requested while the stack was starting; what had started is stopped."""
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: every socket stays bound until all are chosen, so the kernel
+    cannot hand the same port out twice (calling `free_port` repeatedly can)."""
+    with contextlib.ExitStack() as sockets:
+        ports = []
+        for _ in range(count):
+            sock = sockets.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((HOST, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
 def check_port_free(port: int, what: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # The servers bind with SO_REUSEADDR; so does this probe, or a port whose last
+        # connections linger in TIME_WAIT (a `flts down` a moment ago) would read as taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -115,13 +136,19 @@ class ManagedProcess:
     name: str
     pid: int
     log_path: str
+    # Kernel start time of the pid (clock ticks since boot; None where /proc is absent). `flts down`
+    # signals a recorded pid only while it still has this start time, never a reused pid.
+    start_ticks: int | None = None
 
 
 class LocalStack:
     """Start, health-check and stop the three infrastructure processes."""
 
-    def __init__(self, config: StackConfig) -> None:
+    def __init__(self, config: StackConfig, abort: threading.Event | None = None) -> None:
         self.config = config
+        # Set by a SIGTERM/Ctrl-C handler: a start in progress stops waiting for readiness,
+        # stops what it started and raises StackInterrupted instead of running to the end.
+        self.abort = abort
         self.processes: list[tuple[ManagedProcess, subprocess.Popen[bytes] | None]] = []
 
     def start(self) -> None:
@@ -137,6 +164,14 @@ class LocalStack:
             self._start_s3()
             self._start_broker()
             self._start_mlflow()
+        except StackError:
+            self.stop()
+            raise
+        except Exception as exc:
+            # Readiness helpers raise their own types (TransientError, botocore errors); callers
+            # such as `flts up` report StackError as one clear line instead of a traceback.
+            self.stop()
+            raise StackError(f"stack failed to start: {type(exc).__name__}: {exc}") from exc
         except BaseException:
             self.stop()
             raise
@@ -153,12 +188,14 @@ class LocalStack:
             start_new_session=True,
         )
         log_file.close()
-        self.processes.append((ManagedProcess(name, proc.pid, str(log_path)), proc))
+        self.processes.append((ManagedProcess(name, proc.pid, str(log_path), _start_ticks(proc.pid)), proc))
 
-    def _wait(self, name: str, ready: callable) -> None:  # type: ignore[valid-type]
+    def _wait(self, name: str, ready: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
         managed, proc = self.processes[-1]
         while time.monotonic() < deadline:
+            if self.abort is not None and self.abort.is_set():
+                raise StackInterrupted(f"interrupted while waiting for the {name}")
             if proc is not None and proc.poll() is not None:
                 raise StackError(f"{name} exited with {proc.returncode}: {_tail(managed.log_path)}")
             if ready():
@@ -268,15 +305,35 @@ class LocalStack:
         return path
 
 
+def _recorded_processes(state_dir: Path) -> list[ManagedProcess] | None:
+    path = Path(state_dir) / "stack.json"
+    if not path.exists():
+        return None
+    return [ManagedProcess(**p) for p in json.loads(path.read_text())["processes"]]
+
+
+def _still_ours(managed: ManagedProcess) -> bool:
+    """The recorded pid is alive and is still the process we started (not a reused pid)."""
+    if not _alive(managed.pid, None):
+        return False
+    return managed.start_ticks is None or _start_ticks(managed.pid) == managed.start_ticks
+
+
+def running_from_state(state_dir: Path) -> list[str]:
+    """Names of the processes of a detached stack recorded in `state_dir` that still run."""
+    return [m.name for m in _recorded_processes(state_dir) or [] if _still_ours(m)]
+
+
 def stop_from_state(state_dir: Path) -> list[str]:
     """Stop a detached stack recorded in `state_dir/stack.json`; return the names stopped."""
     path = Path(state_dir) / "stack.json"
-    if not path.exists():
+    recorded = _recorded_processes(state_dir)
+    if recorded is None:
         return []
-    state = json.loads(path.read_text())
     stack = LocalStack(StackConfig(state_dir=Path(state_dir)))
-    stack.processes = [(ManagedProcess(**p), None) for p in state["processes"]]
-    names = [m.name for m, _ in stack.processes]
+    # A pid whose start time changed belongs to another process now: ours is already gone.
+    stack.processes = [(m, None) for m in recorded if _still_ours(m)]
+    names = [m.name for m in recorded]
     stack.stop()
     path.unlink()
     (Path(state_dir) / "stack.env").unlink(missing_ok=True)
@@ -295,7 +352,30 @@ def _alive(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    # A detached stack's processes are not our children: once dead they may linger as zombies
+    # until their new parent reaps them, and a zombie must not count as running.
+    return _proc_state(pid) != "Z"
+
+
+def _proc_stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state first); None without /proc."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _proc_state(pid: int) -> str | None:
+    fields = _proc_stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _proc_stat_fields(pid)
+    # starttime is field 22 of stat; fields here start at field 3 (state).
+    return int(fields[19]) if fields and len(fields) > 19 else None
 
 
 def _tcp_open(port: int) -> bool:

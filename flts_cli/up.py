@@ -8,7 +8,14 @@ import sys
 import threading
 from pathlib import Path
 
-from flts_cli.stack import LocalStack, StackConfig, StackError, stop_from_state
+from flts_cli.stack import (
+    LocalStack,
+    StackConfig,
+    StackError,
+    StackInterrupted,
+    running_from_state,
+    stop_from_state,
+)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -45,12 +52,25 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    stack = LocalStack(config_from_args(args))
     stop = threading.Event()
+    stack = LocalStack(config_from_args(args), abort=stop)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    running = running_from_state(args.state_dir)
+    if running:
+        # Overwriting its state file would leave that stack running with no way to `flts down` it.
+        print(
+            f"flts up: a stack started by `flts up` ({', '.join(running)}) is still running from "
+            f"{args.state_dir}; stop it (`flts down --state-dir {args.state_dir}` if detached) "
+            f"or choose another --state-dir",
+            file=sys.stderr,
+        )
+        return 1
     try:
         stack.start()
+    except StackInterrupted as exc:
+        print(f"flts up: {exc}; stopped what had started", file=sys.stderr)
+        return 1
     except StackError as exc:
         print(f"flts up: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, ValidationError
 
-from shared.events import DeadLetter, dlq_topic, to_json_bytes
+from shared.events import SCHEMA_VERSION, DeadLetter, dlq_topic, to_json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,12 @@ def decode(raw: bytes | None, model: type[BaseModel]) -> BaseModel:
         raise PoisonMessage(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise PoisonMessage(f"body must be a JSON object, got {type(data).__name__}")
+    # A message from a newer producer is named as such rather than as a generic schema error,
+    # so the DLQ tells an operator to upgrade consumers instead of hunting for a bad field.
+    if "v" in model.model_fields and "v" in data and data["v"] != SCHEMA_VERSION:
+        raise PoisonMessage(
+            f"unsupported schema version v={data['v']!r}; this consumer reads v={SCHEMA_VERSION}"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -240,6 +246,7 @@ class ConsumerLoop:
             }
         )
         self._closed = False
+        self._last_error = ""
 
     def run(self) -> None:
         """Consume until the stop flag is set; then commit nothing more and leave the group."""

@@ -6,12 +6,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-
-import mlflow
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from shared.kafka import TransientError
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+# `mlflow` is imported inside the functions that talk to the server: importing it costs 2-3 s,
+# which every `flts` command and every importer of `experiment_for` would otherwise pay.
 
 EXPERIMENT_RECURRENT = "Default"
 EXPERIMENT_NONML = "NonML"
@@ -22,6 +26,9 @@ def experiment_for(model_type: str) -> str:
 
 
 def connect(tracking_uri: str) -> MlflowClient:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     mlflow.set_tracking_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri)
 
@@ -49,12 +56,14 @@ def wait_for_mlflow(tracking_uri: str, timeout_s: float) -> None:
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
     try:
         return client.create_experiment(name)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         # Another service created it between our look-up and create.
         experiment = client.get_experiment_by_name(name)
         if experiment is None:

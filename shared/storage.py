@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
-import pandas as pd
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from shared.settings.base import BaseServiceSettings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported by the Parquet methods only: the CLI (`flts up`, `flts down`) uses this
+# module for buckets and would otherwise pay for importing pandas on every command.
 
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 
@@ -139,6 +144,8 @@ class ObjectStore:
         return len(data)
 
     def get_parquet(self, bucket: str, key: str) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.read_parquet(io.BytesIO(self.get_bytes(bucket, key)), engine="pyarrow")
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flts_cli.stack import LocalStack, StackConfig, free_port
+from flts_cli.stack import LocalStack, StackConfig, free_ports
+from shared.events import dlq_topic
+from shared.kafka import ensure_topics
 from shared.storage import ObjectStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -19,10 +21,11 @@ DATA_DIR = REPO_ROOT / "data"
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackConfig]:
     """Start the three services once per session; tear them down at the end."""
+    kafka_port, s3_port, mlflow_port = free_ports(3)
     config = StackConfig(
-        kafka_port=free_port(),
-        s3_port=free_port(),
-        mlflow_port=free_port(),
+        kafka_port=kafka_port,
+        s3_port=s3_port,
+        mlflow_port=mlflow_port,
         state_dir=tmp_path_factory.mktemp("stack"),
     )
     local = LocalStack(config)
@@ -60,3 +63,16 @@ def monkeypatch_stack_env(monkeypatch: pytest.MonkeyPatch, stack: StackConfig) -
     for key, value in stack.service_env().items():
         monkeypatch.setenv(key, value)
     return stack
+
+
+@pytest.fixture
+def make_topic(stack: StackConfig, unique_name: Callable[[str], str]) -> Callable[..., str]:
+    """Create a unique topic (and its DLQ) before anyone subscribes: on this broker a consumer
+    subscribed to a topic that does not exist yet may not see it for minutes."""
+
+    def make(prefix: str = "topic", partitions: int = 1) -> str:
+        topic = unique_name(prefix)
+        ensure_topics(stack.kafka_bootstrap, [topic, dlq_topic(topic)], partitions=partitions)
+        return topic
+
+    return make
