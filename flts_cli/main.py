@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flts_cli import run as run_command
 from flts_cli import up
 
 
@@ -18,12 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     preprocess.set_defaults(func=_run_preprocess)
 
-    try:
-        from flts_cli import run as run_command
-    except ImportError:  # the main job arrives with its own issue
-        run_command = None
-    if run_command is not None:
-        run_command.add_parser(commands)
+    run_command.add_parser(commands)
     return parser
 
 

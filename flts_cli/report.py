@@ -1,0 +1,246 @@
+"""The main job's report: `report.json` for machines, `report.md` (+ PNGs) for people."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from shared.events import PromotionPointer
+from shared.mlflow_utils import find_runs
+from shared.scoring import DEFAULT_WEIGHTS, missing_metrics, score
+
+FORECAST_ARTIFACT = "plots/forecast_down_up.png"
+
+
+def read_locust_stats(prefix: Path) -> dict[str, Any]:
+    """Requests, failures, RPS and latency percentiles of the whole swarm from Locust's CSVs."""
+    stats_path = Path(f"{prefix}_stats.csv")
+    empty = {"requests": 0, "failures": 0, "rps": 0.0, "p50_ms": None, "p95_ms": None, "p99_ms": None}
+    if not stats_path.exists():
+        return empty
+    with stats_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    total = next((r for r in rows if r.get("Name") == "Aggregated"), None)
+    if total is None:
+        return empty
+    by_name = {
+        r["Name"]: {"requests": int(r["Request Count"]), "failures": int(r["Failure Count"])}
+        for r in rows
+        if r.get("Name") != "Aggregated"
+    }
+    return {
+        "requests": int(total["Request Count"]),
+        "failures": int(total["Failure Count"]),
+        "rps": round(float(total["Requests/s"]), 1),
+        "p50_ms": _number(total.get("50%")),
+        "p95_ms": _number(total.get("95%")),
+        "p99_ms": _number(total.get("99%")),
+        "by_endpoint": by_name,
+    }
+
+
+def build_report(
+    *,
+    facts: dict[str, Any],
+    stages: dict[str, Any],
+    pointer: PromotionPointer | None,
+    client: Any,
+    config_hash: str | None,
+    failed: tuple[str, str] | None,
+    total_seconds: float,
+) -> dict[str, Any]:
+    weights = dict(pointer.weights) if pointer is not None else dict(DEFAULT_WEIGHTS)
+    models: dict[str, Any] = {}
+    baseline: dict[str, Any] = {}
+    if client is not None and config_hash:
+        latest: dict[str, Any] = {}
+        for run in find_runs(client, config_hash):
+            latest.setdefault(run.data.tags.get("model_type", "?"), run)
+        for model_type, run in sorted(latest.items()):
+            m = run.data.metrics
+            models[model_type] = {
+                "run_id": run.info.run_id,
+                "test_rmse": m.get("test_rmse"),
+                "test_mae": m.get("test_mae"),
+                "test_mse": m.get("test_mse"),
+                "score": None if missing_metrics(m) else score(m, weights),
+                "rmse_down": m.get("test_rmse_down"),
+                "rmse_up": m.get("test_rmse_up"),
+            }
+            if not baseline and "baseline_test_rmse" in m:
+                baseline = {
+                    "test_rmse": m.get("baseline_test_rmse"),
+                    "test_mae": m.get("baseline_test_mae"),
+                    "test_mse": m.get("baseline_test_mse"),
+                    "rmse_down": m.get("baseline_test_rmse_down"),
+                    "rmse_up": m.get("baseline_test_rmse_up"),
+                }
+    report: dict[str, Any] = {
+        "status": "failed" if failed else "ok",
+        "config_hash": config_hash,
+        "dataset": facts.get("dataset"),
+        "identifier": facts.get("identifier"),
+        "rows": facts.get("rows"),
+        "stages": {
+            name: {
+                "status": s.status,
+                "seconds": s.seconds,
+                **({"error": s.error} if s.error else {}),
+                **({"detail": s.detail} if s.detail else {}),
+            }
+            for name, s in stages.items()
+        },
+        "models": models,
+        "baseline": baseline,
+        "promoted": (
+            {
+                "model_type": pointer.model_type.value,
+                "run_id": pointer.run_id,
+                "score": pointer.score,
+                "config_hash": pointer.config_hash,
+            }
+            if pointer is not None
+            else None
+        ),
+        "score_weights": weights,
+        "load_test": facts.get("load_test"),
+        "trigger_to_live_seconds": facts.get("trigger_to_live_seconds"),
+        "total_seconds": total_seconds,
+    }
+    if failed:
+        report["failed_stage"], report["error"] = failed
+    return report
+
+
+def write_report(
+    report: dict[str, Any], directory: Path, client: Any, pointer: PromotionPointer | None
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    images: list[tuple[str, str]] = []
+    if client is not None and pointer is not None and _copy_forecast_plot(client, pointer, directory):
+        images.append(("Forecast vs actual (promoted model, test split)", "forecast.png"))
+    if _locust_chart(directory / "locust_stats_history.csv", directory / "load_test.png"):
+        images.append(("Load test: throughput and latency", "load_test.png"))
+    (directory / "report.md").write_text(render_markdown(report, images))
+
+
+def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> str:
+    lines = [
+        "# FLTS pipeline run",
+        "",
+        f"**Result: {report['status'].upper()}**"
+        + (
+            f" — failed at `{report.get('failed_stage')}`: {report.get('error')}"
+            if report.get("error")
+            else ""
+        ),
+        "",
+        f"- dataset: `{report.get('dataset')}` (identifier `{report.get('identifier')}`)",
+        f"- config hash: `{report.get('config_hash')}`",
+        f"- rows: {report.get('rows')}",
+        f"- trigger → promoted model live: {report.get('trigger_to_live_seconds')} s",
+        f"- total: {report.get('total_seconds')} s",
+        "",
+        "## Scoreboard (test split, one step ahead)",
+        "",
+        "Scaled metrics are in train-fit MinMax units averaged over the 11 KPIs; "
+        "`down`/`up` RMSE are in original units (bits per 2-minute step). Lower is better.",
+        "",
+        "| model | run | rmse | mae | mse | score | RMSE down | RMSE up | promoted |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    promoted = report.get("promoted") or {}
+    for model_type, m in report.get("models", {}).items():
+        star = "**yes**" if m["run_id"] == promoted.get("run_id") else ""
+        lines.append(
+            f"| {model_type} | `{m['run_id'][:8]}` | {_fmt(m['test_rmse'])} | {_fmt(m['test_mae'])} | "
+            f"{_fmt(m['test_mse'])} | {_fmt(m['score'])} | {_big(m['rmse_down'])} | "
+            f"{_big(m['rmse_up'])} | {star} |"
+        )
+    base = report.get("baseline") or {}
+    if base:
+        lines.append(
+            f"| persistence | — | {_fmt(base.get('test_rmse'))} | {_fmt(base.get('test_mae'))} | "
+            f"{_fmt(base.get('test_mse'))} | — | {_big(base.get('rmse_down'))} | "
+            f"{_big(base.get('rmse_up'))} | |"
+        )
+    lines += ["", "## Timeline", "", "| stage | status | seconds |", "|---|---|---|"]
+    for name, stage in report.get("stages", {}).items():
+        lines.append(f"| {name} | {stage['status']} | {stage['seconds']} |")
+    load = report.get("load_test")
+    if load:
+        lines += [
+            "",
+            "## Load test (Locust)",
+            "",
+            "| requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
+            "|---|---|---|---|---|---|",
+            f"| {load['requests']} | {load['failures']} | {load['rps']} | {load['p50_ms']} | "
+            f"{load['p95_ms']} | {load['p99_ms']} |",
+        ]
+    for title, name in images:
+        lines += ["", f"## {title}", "", f"![{title}]({name})"]
+    lines += ["", "Service logs: `logs/` beside this file. Machine-readable: `report.json`.", ""]
+    return "\n".join(lines)
+
+
+def _copy_forecast_plot(client: Any, pointer: PromotionPointer, directory: Path) -> bool:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(pointer.run_id, FORECAST_ARTIFACT, tmp)
+        except Exception:
+            return False
+        shutil.copy(local, directory / "forecast.png")
+    return True
+
+
+def _locust_chart(history: Path, target: Path) -> bool:
+    if not history.exists():
+        return False
+    with history.open(newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("Name") == "Aggregated"]
+    if not rows:
+        return False
+    t0 = int(rows[0]["Timestamp"])
+    seconds = [int(r["Timestamp"]) - t0 for r in rows]
+    fig, (ax_rps, ax_lat) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    ax_rps.plot(seconds, [float(r["Requests/s"]) for r in rows], label="requests/s")
+    ax_rps.plot(seconds, [float(r["Failures/s"]) for r in rows], label="failures/s", color="red")
+    ax_rps.set_ylabel("per second")
+    ax_rps.legend(loc="upper left")
+    for pct in ("50%", "95%", "99%"):
+        ax_lat.plot(seconds, [_number(r.get(pct)) or 0 for r in rows], label=f"p{pct[:-1]}")
+    ax_lat.set_ylabel("latency (ms)")
+    ax_lat.set_xlabel("seconds into the swarm")
+    ax_lat.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value not in (None, "", "N/A") else None
+    except ValueError:
+        return None
+    return number if number is None or math.isfinite(number) else None
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.5f}"
+
+
+def _big(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1e6:.2f}M"

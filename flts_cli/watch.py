@@ -1,0 +1,48 @@
+"""Follow the pipeline through its Kafka events, as an outside observer (no commits)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from confluent_kafka import Consumer
+from pydantic import BaseModel
+
+from shared.kafka import PoisonMessage, decode
+
+
+class EventWatcher:
+    """Reads every event created since `since` on the given topics, in a private group."""
+
+    def __init__(self, bootstrap: str, topics: dict[str, type[BaseModel]], since: datetime) -> None:
+        self.topics = topics
+        self.since = since
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"flts-run-watch-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 10000,
+                "fetch.wait.max.ms": 10,
+                "topic.metadata.refresh.interval.ms": 5000,
+            }
+        )
+        self._consumer.subscribe(list(topics))
+
+    def poll(self, timeout_s: float) -> tuple[str, BaseModel] | None:
+        """The next well-formed event newer than `since`, or None after `timeout_s`."""
+        msg = self._consumer.poll(timeout_s)
+        if msg is None or msg.error():
+            return None
+        try:
+            event = decode(msg.value(), self.topics[msg.topic()])
+        except PoisonMessage:
+            return None
+        created = getattr(event, "created_at", None)
+        if created is not None and created < self.since:
+            return None
+        return msg.topic(), event
+
+    def close(self) -> None:
+        self._consumer.close()
