@@ -1,0 +1,109 @@
+"""Run the API: one uvicorn server per process, all serving one pre-bound socket.
+
+`uvicorn --workers N` loses TCP_NODELAY on accepted sockets (44 ms stalls per keep-alive
+request, INFRA-NOTES), so with WORKERS > 1 this supervisor binds the socket itself and starts N
+worker processes that inherit it; the kernel spreads connections between them. Each worker
+has its own model and its own Kafka consumer, so each swaps on every promotion.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import uvicorn
+
+from inference_container.app import create_app
+from shared.settings.inference import InferenceSettings
+
+log = logging.getLogger(__name__)
+
+LISTEN_FD_FLAG = "--listen-fd"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def limit_mlflow_client_retries() -> None:
+    """MLflow's client retries each HTTP call for minutes by default; the model loader already
+    retries with its own backoff, so keep each attempt short and the loop responsive."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def serve(settings: InferenceSettings, sock: socket.socket) -> None:
+    """Serve the app on `sock` until SIGTERM/SIGINT (uvicorn drains in-flight requests)."""
+    limit_mlflow_client_retries()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=settings.ACCESS_LOG,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        backlog=2048,
+    )
+    # Imports (torch, mlflow, pandas) leave ~300k long-lived objects; a full collection walks them
+    # all (~60-150 ms, a p99 spike). Frozen, they are never scanned again.
+    gc.collect()
+    gc.freeze()
+    host, port = sock.getsockname()[:2]
+    log.info("serving", extra={"host": host, "port": port, "pid": os.getpid()})
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def supervise(settings: InferenceSettings, sock: socket.socket) -> int:
+    """Start WORKERS processes on the inherited socket; forward SIGTERM; if one dies, stop all
+    and exit with its code so the orchestrator restarts the pod."""
+    fd = sock.fileno()
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "inference_container", LISTEN_FD_FLAG, str(fd)],
+            pass_fds=(fd,),
+        )
+        for _ in range(settings.WORKERS)
+    ]
+    log.info("workers started", extra={"workers": [c.pid for c in children]})
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    exit_code = 0
+    while any(c.poll() is None for c in children):
+        dead = [c for c in children if c.poll() is not None]
+        if dead and not stopping:
+            exit_code = dead[0].returncode or 1
+            log.error("worker exited; stopping the others", extra={"pid": dead[0].pid, "code": exit_code})
+            forward(signal.SIGTERM, None)
+        time.sleep(0.2)
+    return exit_code
+
+
+def worker_socket(argv: list[str]) -> socket.socket | None:
+    """The inherited listening socket when started as a worker (`--listen-fd N`)."""
+    if LISTEN_FD_FLAG not in argv:
+        return None
+    fd = int(argv[argv.index(LISTEN_FD_FLAG) + 1])
+    # socket(fileno=) detects family and protocol; socket.fromfd would leave proto 0, and
+    # asyncio only sets TCP_NODELAY when proto is IPPROTO_TCP.
+    return socket.socket(fileno=fd)

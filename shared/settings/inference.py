@@ -1,0 +1,68 @@
+"""Settings of the inference service (`python -m inference_container`)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from shared.settings.base import BaseServiceSettings
+
+
+class InferenceSettings(BaseServiceSettings):
+    """HTTP serving, request limits, model following and prediction logging."""
+
+    INFERENCE_HOST: str = Field(default="0.0.0.0", description="Address uvicorn binds")
+    INFERENCE_PORT: int = Field(default=8000, ge=0, le=65535, description="Port uvicorn binds (0 = any)")
+    WORKERS: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes serving one pre-bound socket, each with its own model and consumer",
+    )
+    IDENTIFIER: str | None = Field(
+        default=None,
+        description="Follow only this identifier's promotions; unset follows the global pointer",
+    )
+    INPUT_SEQ_LEN: int = Field(
+        default=10, ge=1, le=10_000, description="Fallback window length when a model does not say"
+    )
+    MAX_INFERENCE_LENGTH: int = Field(default=720, ge=1, le=100_000, description="Largest forecast horizon")
+    MAX_ROWS: int = Field(default=5000, ge=1, le=1_000_000, description="Most rows one request may carry")
+    MAX_BODY_BYTES: int = Field(
+        default=2_000_000, ge=1024, le=512_000_000, description="Largest request body accepted"
+    )
+    RETRY_AFTER_S: int = Field(default=5, ge=1, le=3600, description="Retry-After sent while no model")
+    MODEL_RELOAD_BACKOFF_S: float = Field(
+        default=2.0, gt=0, le=300, description="First wait before retrying a failed model load"
+    )
+    MODEL_RELOAD_MAX_BACKOFF_S: float = Field(
+        default=30.0, gt=0, le=3600, description="Longest wait between retries of a failed model load"
+    )
+    POINTER_POLL_S: float = Field(
+        default=30.0, gt=0, le=3600, description="How often the live pointer is re-read from the bucket"
+    )
+    MODEL_CACHE_DIR: str | None = Field(
+        default=None, description="Where downloaded artifacts go (default: a temporary folder)"
+    )
+    INFERENCE_LOG_ENABLED: bool = Field(default=False, description="Append predictions to inference-logs")
+    INFERENCE_LOG_BATCH_SIZE: int = Field(
+        default=200, ge=1, le=100_000, description="Prediction records per inference-logs object"
+    )
+    INFERENCE_LOG_FLUSH_S: float = Field(
+        default=5.0, gt=0, le=3600, description="Longest a record waits before its batch is written"
+    )
+    INFERENCE_LOG_QUEUE_MAX: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="Records queued before new ones are dropped"
+    )
+    MAX_BATCH: int = Field(
+        default=64, ge=1, le=4096, description="Most concurrent windows predicted in one forward pass"
+    )
+    TORCH_THREADS: int = Field(default=1, ge=1, le=64, description="torch intra-op threads per process")
+    ACCESS_LOG: bool = Field(default=False, description="uvicorn access log (costly at high request rates)")
+
+    @field_validator("IDENTIFIER")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
