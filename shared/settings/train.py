@@ -1,0 +1,66 @@
+"""Trainer settings: TrainSettings (GRU/LSTM, train_container), ProphetSettings (nonml_container)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from shared.settings.base import BaseServiceSettings
+
+
+class TrainerSettings(BaseServiceSettings):
+    """What every trainer shares: the consumer group, the window shape and MLflow retries."""
+
+    KAFKA_GROUP_ID: str = Field(default="", description="Consumer group; empty = trainer-<model type>")
+    INPUT_SEQ_LEN: int = Field(default=10, ge=1, le=1000)
+    OUTPUT_SEQ_LEN: int = Field(default=1, ge=1, le=100)
+    SEED: int = Field(default=42, ge=0)
+    MLFLOW_MAX_RETRIES: int = Field(
+        default=4, ge=0, le=50, description="MLflow call attempts beyond the first"
+    )
+    MLFLOW_RETRY_BACKOFF_S: float = Field(default=1.0, ge=0.0, le=60.0)
+
+    def model_type_name(self) -> str:
+        raise NotImplementedError
+
+    def group_id(self) -> str:
+        return self.KAFKA_GROUP_ID or f"trainer-{self.model_type_name().lower()}"
+
+
+class TrainSettings(TrainerSettings):
+    """GRU/LSTM trainer (`python -m train_container`). Defaults meet the accuracy bar (bench/accuracy.py)."""
+
+    MODEL_TYPE: Literal["GRU", "LSTM"]
+    EPOCHS: int = Field(default=80, ge=1, le=10000)
+    BATCH_SIZE: int = Field(default=256, ge=1, le=65536)
+    LEARNING_RATE: float = Field(default=3e-3, gt=0, le=1.0)
+    HIDDEN_SIZE: int = Field(default=64, ge=1, le=4096)
+    NUM_LAYERS: int = Field(default=2, ge=1, le=8)
+    DROPOUT: float = Field(default=0.1, ge=0.0, lt=1.0)
+    PATIENCE: int = Field(default=10, ge=1, le=1000)
+    VALIDATION_FRACTION: float = Field(default=0.15, gt=0.0, lt=0.9)
+    MAX_TRAIN_SECONDS: float = Field(default=100.0, gt=0, description="Wall-clock cap on training")
+    LOSS: Literal["mse", "huber", "mae"] = "huber"
+    HUBER_DELTA: float = Field(default=0.05, gt=0)
+    USE_CUDA: bool = Field(default=True, description="Use CUDA when a GPU is present")
+    TORCH_THREADS: int = Field(default=1, ge=0, le=256, description="CPU threads; 0 = one per core")
+
+    def model_type_name(self) -> str:
+        return self.MODEL_TYPE
+
+
+class ProphetSettings(TrainerSettings):
+    """Prophet trainer (`python -m nonml_container`): one model per KPI, fitted in parallel processes."""
+
+    MODEL_TYPE: Literal["PROPHET"] = "PROPHET"
+    PROPHET_WORKERS: int = Field(default=2, ge=1, le=64)
+    PROPHET_CHANGEPOINTS: int = Field(default=10, ge=0, le=500)
+    PROPHET_CHANGEPOINT_PRIOR_SCALE: float = Field(default=0.05, gt=0)
+    PROPHET_SEASONALITY_MODE: Literal["additive", "multiplicative"] = "additive"
+    PROPHET_DAILY_FOURIER: int = Field(default=10, ge=1, le=100)
+    PROPHET_WEEKLY_FOURIER: int = Field(default=3, ge=1, le=100)
+    PROPHET_FIT_TIMEOUT_S: float = Field(default=900.0, gt=0, description="Limit on fitting all KPIs")
+
+    def model_type_name(self) -> str:
+        return self.MODEL_TYPE

@@ -1,0 +1,553 @@
+"""What every trainer does around its model: consume claims, track in MLflow, report on Kafka.
+
+One copy for GRU, LSTM (train_container) and Prophet (nonml_container); each container only
+supplies a `ModelTrainer` that fits its model and predicts the scoring rows.
+
+Handler order for one `training-data` claim (commit happens in ConsumerLoop after return):
+1. Idempotency: a FINISHED MLflow run for (config_hash, model_type) exists -> no retraining; its
+   SUCCESS event is published again and the claim is acknowledged. Re-publishing is harmless
+   (the evaluator promotes once per config hash) and lets an evaluator that lost its state, or
+   a claim re-published by preprocess, still reach a decision without any retraining.
+2. Orphaned RUNNING runs of the same pair (a trainer killed with -9) are marked KILLED.
+3. A new MLflow run is created and RUNNING is published with its run id.
+4. Parquet + meta.json are read; a missing or unreadable object -> FAILED + DLQ (PoisonMessage).
+5. Fit, score on the contract's rows, log metrics/artifacts, mark the run FINISHED, publish
+   SUCCESS, return.
+Failures: divergence or unusable data -> run FAILED, FAILED event, DLQ. MLflow unreachable after
+MLFLOW_MAX_RETRIES -> FAILED event, TransientError: ConsumerLoop retries the claim with backoff and
+finally exits non-zero without committing, so the claim is redelivered after restart (a fitted
+model is cached in memory so a retry does not train again). SIGTERM while fitting -> run KILLED,
+ShutdownRequested: nothing is committed and the claim is trained again after restart.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import pandas as pd
+import pyarrow
+import requests
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler
+from shared.events import DataClaim, ModelType, TrainingEvent, TrainingStatus, dlq_topic
+from shared.kafka import (
+    ConsumerLoop,
+    EventProducer,
+    MessageContext,
+    PoisonMessage,
+    ShutdownRequested,
+    TransientError,
+    ensure_topics,
+    wait_for_broker,
+)
+from shared.metrics import evaluation_rows, forecast_metrics
+from shared.mlflow_utils import connect, ensure_experiment, experiment_for, find_runs, wait_for_mlflow
+from shared.plots import plot_forecast, plot_loss_curve
+from shared.settings.train import TrainerSettings
+from shared.storage import ObjectNotFound, ObjectStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_LOG_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+
+
+class FitStopped(RuntimeError):
+    """A trainer noticed the stop flag; the service marks the run KILLED and does not commit."""
+
+
+class FitFailed(RuntimeError):
+    """The model cannot be trained on this data (divergence, too few rows); retrying will not help."""
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_loss: float | None = None
+
+
+@dataclass
+class FitOutcome:
+    """What a trainer hands back: scoring-row predictions and how to write its model folder."""
+
+    predictions: np.ndarray  # (test rows - INPUT_SEQ_LEN, 11), scaled units
+    save_model: Callable[[Path], None]
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int | None = None
+    extra_metrics: dict[str, float] = field(default_factory=dict)
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelTrainer(Protocol):
+    """The per-model part: GRU/LSTM in train_container, Prophet in nonml_container."""
+
+    model_type: ModelType
+
+    def params(self) -> dict[str, Any]:
+        """Hyperparameters to log (without model_type/config_hash/sequence lengths)."""
+        ...
+
+    def fit(
+        self, train: pd.DataFrame, test: pd.DataFrame, input_len: int, stop: threading.Event
+    ) -> FitOutcome:
+        """Fit on `train`; predict test rows input_len..N-1 one step ahead. Raise FitStopped/FitFailed."""
+        ...
+
+
+@dataclass(frozen=True)
+class ProcessedData:
+    train: pd.DataFrame
+    test: pd.DataFrame
+    meta: dict[str, Any]
+    scaler: MinMaxScaler
+
+
+def configure_mlflow_client(timeout_s: int = 20, max_retries: int = 1) -> None:
+    """Keep each MLflow HTTP call short and switch off MLflow's usage telemetry.
+
+    MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) would hold one call for
+    minutes; our own bounded retry decides when to give up. Telemetry tries to reach the
+    internet and, with no route out, holds every process's exit for ~20 s. These are MLflow's
+    own variables, set once at start-up unless the deployment already chose values.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.telemetry.client import set_telemetry_client
+
+    # mlflow set its telemetry client up when it was imported; this re-reads the variable.
+    set_telemetry_client()
+
+
+def mlflow_unreachable(exc: BaseException) -> bool:
+    """True when `exc` means the tracking server could not be reached or answered 5xx."""
+    if isinstance(exc, ConnectionError | TimeoutError | requests.ConnectionError | requests.Timeout):
+        return True
+    if isinstance(exc, MlflowException):
+        # A generic MlflowException says INTERNAL_ERROR even for our own bad calls, so only the
+        # transport's own words (and gateway statuses) count as "unreachable".
+        if exc.error_code == "TEMPORARILY_UNAVAILABLE":
+            return True
+        text = str(exc)
+        return any(
+            marker in text
+            for marker in (
+                "Max retries exceeded",
+                "Connection refused",
+                "ConnectionError",
+                "timed out",
+                "error code 502",
+                "error code 503",
+                "error code 504",
+            )
+        )
+    return False
+
+
+def validate_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Check the processed-data contract; raise PoisonMessage naming what is wrong."""
+    if list(frame.columns) != list(FEATURE_COLUMNS):
+        raise PoisonMessage(f"{name}: columns {list(frame.columns)} differ from {list(FEATURE_COLUMNS)}")
+    if not isinstance(frame.index, pd.DatetimeIndex):
+        raise PoisonMessage(f"{name}: index is {type(frame.index).__name__}, not a DatetimeIndex")
+    if not frame.index.is_monotonic_increasing or frame.index.has_duplicates:
+        raise PoisonMessage(f"{name}: time index is not strictly increasing")
+    values = frame.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise PoisonMessage(f"{name}: contains NaN or infinite values")
+    return frame.astype(np.float64)
+
+
+class TrainerService:
+    """Handles `training-data` claims for one model type."""
+
+    def __init__(
+        self,
+        *,
+        settings: TrainerSettings,
+        trainer: ModelTrainer,
+        client: MlflowClient,
+        store: ObjectStore,
+        producer: EventProducer,
+        stop: threading.Event,
+    ) -> None:
+        self.settings = settings
+        self.trainer = trainer
+        self.model_type = trainer.model_type
+        self.experiment = experiment_for(self.model_type.value)
+        self.client = client
+        self.store = store
+        self.producer = producer
+        self.stop = stop
+        self._experiment_id: str | None = None
+        # A model fitted for a claim whose MLflow logging then failed: a retry logs it again
+        # instead of training again. Keyed by config hash; one entry is enough (one claim at a time).
+        self._fitted: tuple[str, FitOutcome] | None = None
+
+    # -- MLflow with bounded retry ------------------------------------------------------------
+
+    def mlflow_call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        attempts = self.settings.MLFLOW_MAX_RETRIES + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not mlflow_unreachable(exc):
+                    raise
+                if attempt == attempts:
+                    raise TransientError(
+                        f"MLflow unreachable during {what} after {attempts} attempts: {exc}"
+                    ) from exc
+                delay = self.settings.MLFLOW_RETRY_BACKOFF_S * 2 ** (attempt - 1)
+                log.warning(
+                    "MLflow call failed; retrying",
+                    extra={"call": what, "attempt": attempt, "delay": delay, "error": str(exc)[:300]},
+                )
+                if self.stop.wait(delay):
+                    raise ShutdownRequested(f"stop requested while retrying {what}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self.mlflow_call(
+                "ensure_experiment", ensure_experiment, self.client, self.experiment
+            )
+        return self._experiment_id
+
+    # -- events -------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        claim: DataClaim,
+        status: TrainingStatus,
+        *,
+        run_id: str | None = None,
+        metrics: dict[str, float] | None = None,
+        error: str | None = None,
+    ) -> None:
+        event = TrainingEvent(
+            operation=TrainingEvent.operation_for(status, self.model_type),
+            status=status,
+            model_type=self.model_type,
+            experiment=self.experiment,
+            run_name=self.model_type.value,
+            run_id=run_id,
+            config_hash=claim.config_hash,
+            identifier=claim.identifier,
+            metrics=metrics,
+            error=error[:4000] if error else None,
+        )
+        self.producer.publish(self.settings.TOPIC_MODEL_TRAINING, claim.config_hash, event)
+        log.info(
+            "training event published",
+            extra={"status": status.value, "model_type": self.model_type.value, "run_id": run_id},
+        )
+
+    def _publish_failed(self, claim: DataClaim, run_id: str | None, error: str) -> None:
+        try:
+            self.publish(claim, TrainingStatus.FAILED, run_id=run_id, error=error)
+        except TransientError as exc:
+            log.error("could not publish FAILED event", extra={"error": str(exc), "run_id": run_id})
+
+    def _terminate(self, run_id: str | None, status: str, note: str = "") -> None:
+        """Best effort: the run's final state matters less than reporting the failure."""
+        if run_id is None:
+            return
+        try:
+            if note:
+                self.client.set_tag(run_id, "failure_reason", note[:4000])
+            self.client.set_terminated(run_id, status=status)
+        except Exception as exc:
+            log.warning(
+                "could not mark MLflow run", extra={"run_id": run_id, "status": status, "error": str(exc)}
+            )
+
+    # -- the handler --------------------------------------------------------------------------
+
+    def handle(self, claim: DataClaim, ctx: MessageContext) -> None:
+        extra = {**ctx.log_extra(), "config_hash": claim.config_hash, "model_type": self.model_type.value}
+        try:
+            if self._already_trained(claim, extra):
+                return
+            self._close_orphans(claim)
+            run_id = self._create_run(claim)
+        except TransientError as exc:
+            self._publish_failed(claim, None, str(exc))
+            raise
+        extra["run_id"] = run_id
+        try:
+            self.publish(claim, TrainingStatus.RUNNING, run_id=run_id)
+            summary = self._train_and_log(claim, run_id, extra)
+        except (FitStopped, ShutdownRequested) as exc:
+            log.warning("training interrupted by shutdown; run KILLED, claim not committed", extra=extra)
+            self._terminate(run_id, "KILLED", f"stopped: {exc}")
+            raise ShutdownRequested(str(exc)) from exc
+        except (PoisonMessage, FitFailed) as exc:
+            log.error("claim cannot be trained", extra={**extra, "error": str(exc)})
+            self._terminate(run_id, "FAILED", str(exc))
+            self._publish_failed(claim, run_id, f"{type(exc).__name__}: {exc}")
+            raise PoisonMessage(str(exc)) from exc
+        except TransientError as exc:
+            self._terminate(run_id, "FAILED", str(exc))
+            self._publish_failed(claim, run_id, f"TransientError: {exc}")
+            raise
+        except Exception as exc:
+            self._terminate(run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+            self._publish_failed(claim, run_id, f"{type(exc).__name__}: {exc}")
+            raise
+        # Outside the try on purpose: the run is FINISHED now. If this publish fails, the retry
+        # finds the finished run and publishes SUCCESS again instead of training again.
+        self.publish(claim, TrainingStatus.SUCCESS, run_id=run_id, metrics=summary)
+
+    def _already_trained(self, claim: DataClaim, extra: dict[str, Any]) -> bool:
+        runs = self.mlflow_call("find_runs", find_runs, self.client, claim.config_hash, self.model_type.value)
+        if not runs:
+            return False
+        run = runs[0]
+        log.info(
+            "claim already trained; acknowledging without retraining",
+            extra={**extra, "run_id": run.info.run_id},
+        )
+        metrics = {
+            k: float(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "baseline_test_"))
+        }
+        self.publish(claim, TrainingStatus.SUCCESS, run_id=run.info.run_id, metrics=metrics)
+        return True
+
+    def _close_orphans(self, claim: DataClaim) -> None:
+        orphans = self.mlflow_call(
+            "find_runs", find_runs, self.client, claim.config_hash, self.model_type.value, ("RUNNING",)
+        )
+        for run in orphans:
+            log.warning("marking orphaned RUNNING run KILLED", extra={"run_id": run.info.run_id})
+            self._terminate(run.info.run_id, "KILLED", "orphaned: its trainer stopped before finishing")
+
+    def _create_run(self, claim: DataClaim) -> str:
+        experiment_id = self.experiment_id()
+        tags = {
+            "config_hash": claim.config_hash,
+            "model_type": self.model_type.value,
+            "identifier": claim.identifier,
+            "dataset": claim.dataset,
+        }
+        run = self.mlflow_call(
+            "create_run",
+            self.client.create_run,
+            experiment_id,
+            tags=tags,
+            run_name=self.model_type.value,
+        )
+        run_id = run.info.run_id
+        params = {
+            "model_type": self.model_type.value,
+            "config_hash": claim.config_hash,
+            "identifier": claim.identifier,
+            "dataset": claim.dataset,
+            "input_sequence_length": self.settings.INPUT_SEQ_LEN,
+            "output_sequence_length": self.settings.OUTPUT_SEQ_LEN,
+            **self.trainer.params(),
+        }
+        self.mlflow_call(
+            "log_params",
+            self.client.log_batch,
+            run_id,
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
+        return run_id
+
+    def load_data(self, claim: DataClaim) -> ProcessedData:
+        """Read the claim's objects; anything missing or malformed is a PoisonMessage."""
+        try:
+            train = pd.read_parquet(io.BytesIO(self.store.get_bytes(claim.bucket, claim.object)))
+            test = pd.read_parquet(io.BytesIO(self.store.get_bytes(claim.bucket, claim.test_object)))
+            meta = self.store.get_json(claim.bucket, claim.meta_object)
+        except ObjectNotFound as exc:
+            raise PoisonMessage(str(exc)) from exc
+        except (pyarrow.ArrowException, OSError, ValueError) as exc:
+            if isinstance(exc, ConnectionError | TimeoutError):
+                raise
+            raise PoisonMessage(f"unreadable processed data for {claim.config_hash}: {exc}") from exc
+        if not isinstance(meta, dict) or "scaler" not in meta:
+            raise PoisonMessage(f"s3://{claim.bucket}/{claim.meta_object} has no scaler")
+        try:
+            scaler = MinMaxScaler.from_dict(meta["scaler"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PoisonMessage(f"invalid scaler in meta.json: {exc}") from exc
+        if list(scaler.columns) != list(KPI_COLUMNS):
+            raise PoisonMessage(f"scaler columns {list(scaler.columns)} differ from {list(KPI_COLUMNS)}")
+        test = validate_frame(test, "test split")
+        if len(test) <= self.settings.INPUT_SEQ_LEN:
+            raise PoisonMessage(
+                f"test split has {len(test)} rows; need more than {self.settings.INPUT_SEQ_LEN}"
+            )
+        return ProcessedData(validate_frame(train, "train split"), test, meta, scaler)
+
+    def _fit(self, claim: DataClaim, data: ProcessedData) -> FitOutcome:
+        if self._fitted is not None and self._fitted[0] == claim.config_hash:
+            log.info(
+                "reusing the model fitted before MLflow failed", extra={"config_hash": claim.config_hash}
+            )
+            return self._fitted[1]
+        outcome = self.trainer.fit(data.train, data.test, self.settings.INPUT_SEQ_LEN, self.stop)
+        self._fitted = (claim.config_hash, outcome)
+        return outcome
+
+    def _train_and_log(self, claim: DataClaim, run_id: str, extra: dict[str, Any]) -> dict[str, float]:
+        """Fit, score, log everything and mark the run FINISHED; return the SUCCESS metrics."""
+        data = self.load_data(claim)
+        started = time.monotonic()
+        outcome = self._fit(claim, data)
+        fit_seconds = time.monotonic() - started
+        kpis = data.test.loc[:, list(KPI_COLUMNS)].to_numpy(dtype=np.float64)
+        actual, baseline = evaluation_rows(kpis, self.settings.INPUT_SEQ_LEN)
+        if outcome.predictions.shape != actual.shape:
+            raise FitFailed(f"predictions of shape {outcome.predictions.shape}, expected {actual.shape}")
+        try:
+            metrics = forecast_metrics(outcome.predictions, actual, baseline, data.scaler)
+        except ValueError as exc:
+            raise FitFailed(str(exc)) from exc
+        summary = {**metrics, **outcome.extra_metrics, "fit_seconds": fit_seconds}
+        log.info(
+            "model scored",
+            extra={
+                **extra,
+                "test_rmse": metrics["test_rmse"],
+                "baseline_test_rmse": metrics["baseline_test_rmse"],
+                "test_rmse_down": metrics["test_rmse_down"],
+                "test_rmse_up": metrics["test_rmse_up"],
+            },
+        )
+        timestamps = data.test.index[self.settings.INPUT_SEQ_LEN :]
+        with tempfile.TemporaryDirectory(prefix="flts-train-") as tmp:
+            root = Path(tmp)
+            self._write_artifacts(root, claim, data, outcome, actual, baseline, timestamps)
+            self._log_run(run_id, summary, outcome, root)
+        self.mlflow_call("set_terminated", self.client.set_terminated, run_id, "FINISHED")
+        self._fitted = None
+        return summary
+
+    def _write_artifacts(
+        self,
+        root: Path,
+        claim: DataClaim,
+        data: ProcessedData,
+        outcome: FitOutcome,
+        actual: np.ndarray,
+        baseline: np.ndarray,
+        timestamps: pd.DatetimeIndex,
+    ) -> None:
+        type_name = self.model_type.value
+        outcome.save_model(root / type_name)
+        (root / "scaler").mkdir()
+        (root / "scaler" / "scaler.json").write_text(_json(data.scaler.to_dict()))
+        (root / "preprocess").mkdir()
+        (root / "preprocess" / "preprocess_config.json").write_text(_json(data.meta))
+        inverse = data.scaler.inverse_array
+        plot_forecast(
+            timestamps,
+            inverse(actual),
+            inverse(outcome.predictions),
+            root / "plots" / "forecast_down_up.png",
+            all_columns=KPI_COLUMNS,
+            baseline=inverse(baseline),
+            title=f"{type_name} one step ahead on the test split ({claim.identifier})",
+        )
+        history = outcome.history
+        plot_loss_curve(
+            [h.epoch for h in history],
+            [h.train_loss for h in history],
+            [h.val_loss for h in history if h.val_loss is not None] or None,
+            root / "plots" / "loss_curve.png",
+            best_epoch=outcome.best_epoch,
+            title=f"{type_name} loss ({claim.identifier})",
+        )
+
+    def _log_run(self, run_id: str, summary: dict[str, float], outcome: FitOutcome, root: Path) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary.items() if math.isfinite(float(v))]
+        for record in outcome.history:
+            metrics.append(Metric("train_loss", float(record.train_loss), now, record.epoch))
+            if record.val_loss is not None:
+                metrics.append(Metric("val_loss", float(record.val_loss), now, record.epoch))
+        if outcome.best_epoch is not None:
+            metrics.append(Metric("best_epoch", float(outcome.best_epoch), now, 0))
+        for start in range(0, len(metrics), _LOG_BATCH):
+            self.mlflow_call(
+                "log_metrics", self.client.log_batch, run_id, metrics=metrics[start : start + _LOG_BATCH]
+            )
+        if outcome.extra_params:
+            self.mlflow_call(
+                "log_params",
+                self.client.log_batch,
+                run_id,
+                params=[Param(k, str(v)) for k, v in outcome.extra_params.items()],
+                tags=[RunTag("trained_on", str(outcome.extra_params.get("device", "")))],
+            )
+        self.mlflow_call("log_artifacts", self.client.log_artifacts, run_id, str(root))
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2, sort_keys=True, default=str)
+
+
+def run_trainer(
+    settings: TrainerSettings, trainer: ModelTrainer, service: str, stop: threading.Event
+) -> None:
+    """Connect to Kafka, S3 and MLflow (bounded waits), then consume claims until `stop`."""
+    configure_mlflow_client()
+    bootstrap = settings.KAFKA_BOOTSTRAP_SERVERS
+    wait_for_broker(bootstrap, settings.STARTUP_TIMEOUT_S)
+    topics: Sequence[str] = (
+        settings.TOPIC_TRAINING_DATA,
+        settings.TOPIC_MODEL_TRAINING,
+        dlq_topic(settings.TOPIC_TRAINING_DATA),
+    )
+    ensure_topics(bootstrap, topics)
+    wait_for_mlflow(settings.MLFLOW_TRACKING_URI, settings.STARTUP_TIMEOUT_S)
+    client = connect(settings.MLFLOW_TRACKING_URI)
+    producer = EventProducer(bootstrap, client_id=service)
+    service_obj = TrainerService(
+        settings=settings,
+        trainer=trainer,
+        client=client,
+        store=ObjectStore.from_settings(settings),
+        producer=producer,
+        stop=stop,
+    )
+    service_obj.experiment_id()
+    loop = ConsumerLoop(
+        bootstrap=bootstrap,
+        group_id=settings.group_id(),
+        topics={settings.TOPIC_TRAINING_DATA: DataClaim},
+        handler=service_obj.handle,  # type: ignore[arg-type]
+        service=service,
+        producer=producer,
+        stop=stop,
+        max_retries=settings.HANDLER_MAX_RETRIES,
+        backoff_s=settings.HANDLER_RETRY_BACKOFF_S,
+        fetch_wait_max_ms=settings.KAFKA_FETCH_WAIT_MAX_MS,
+        session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
+        max_poll_interval_ms=settings.KAFKA_MAX_POLL_INTERVAL_MS,
+    )
+    try:
+        loop.run()
+    finally:
+        producer.close()

@@ -1,0 +1,306 @@
+"""Training and evaluation of the recurrent forecasters (GRU, LSTM) in plain PyTorch.
+
+The service and `bench/accuracy.py` call the same `train_recurrent`, so the bench measures what
+the pipeline ships. Early stopping watches a validation tail of the train split (never the test
+split); the weights of the best epoch are restored before evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, make_windows
+from shared.models import ModelSpec, RecurrentForecaster, build_model
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf or exploded; this configuration cannot produce a model."""
+
+
+class TrainingStopped(RuntimeError):
+    """The stop flag was set (SIGTERM) while training; nothing was produced."""
+
+
+class NotEnoughData(ValueError):
+    """The split is too short for the requested windows and validation tail."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one recurrent training run (mirrors TrainSettings)."""
+
+    model_type: str
+    input_seq_len: int = 10
+    output_seq_len: int = 1
+    epochs: int = 80
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    hidden_size: int = 64
+    num_layers: int = 2
+    dropout: float = 0.1
+    patience: int = 10
+    validation_fraction: float = 0.15
+    seed: int = 42
+    max_train_seconds: float = 100.0
+    loss: str = "huber"
+    huber_delta: float = 0.05
+    grad_clip: float = 1.0
+    # An epoch whose validation loss exceeds this multiple of the first epoch's counts as divergence.
+    divergence_factor: float = 1e3
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(
+            model_type=self.model_type,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            input_seq_len=self.input_seq_len,
+            output_seq_len=self.output_seq_len,
+        )
+
+    def params(self) -> dict[str, str | int | float]:
+        """MLflow params, named as DESIGN.md lists them."""
+        return {
+            "model_type": self.model_type,
+            "input_sequence_length": self.input_seq_len,
+            "output_sequence_length": self.output_seq_len,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "dropout": self.dropout,
+            "patience": self.patience,
+            "validation_fraction": self.validation_fraction,
+            "seed": self.seed,
+            "max_train_seconds": self.max_train_seconds,
+            "loss": self.loss,
+            "huber_delta": self.huber_delta,
+            "grad_clip": self.grad_clip,
+        }
+
+
+@dataclass(frozen=True)
+class EpochLoss:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: RecurrentForecaster
+    history: list[EpochLoss] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    seconds: float = 0.0
+    stop_reason: str = ""
+    device: str = "cpu"
+
+
+def pick_device(prefer_cuda: bool = True) -> torch.device:
+    """CUDA when present (and wanted), CPU otherwise."""
+    if prefer_cuda and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def frame_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, 17), KPI targets (N, 11)) as float32, columns in contract order."""
+    missing = [c for c in FEATURE_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"processed frame lacks columns {missing}")
+    features = frame.loc[:, list(FEATURE_COLUMNS)].to_numpy(dtype=np.float32)
+    if not np.all(np.isfinite(features)):
+        raise ValueError("processed frame contains NaN or infinite values")
+    return features, features[:, : len(KPI_COLUMNS)].copy()
+
+
+def split_windows(
+    features: np.ndarray, targets: np.ndarray, config: TrainConfig
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Windows for training and for the validation tail of the train split.
+
+    The cut is on rows: validation windows predict only rows at or after the cut, training
+    windows only rows before it, so no validation target is ever a training target. The
+    validation inputs may reach back before the cut, as they would at inference time.
+    """
+    rows = len(features)
+    val_rows = max(config.output_seq_len, round(rows * config.validation_fraction))
+    cut = rows - val_rows
+    train_x, train_y = make_windows(
+        features[:cut], targets[:cut], config.input_seq_len, config.output_seq_len
+    )
+    start = cut - config.input_seq_len
+    val_x, val_y = make_windows(
+        features[start:], targets[start:], config.input_seq_len, config.output_seq_len
+    )
+    if len(train_x) < 1 or len(val_x) < 1:
+        raise NotEnoughData(
+            f"{rows} rows give {len(train_x)} training and {len(val_x)} validation windows "
+            f"(input {config.input_seq_len}, output {config.output_seq_len}, "
+            f"validation fraction {config.validation_fraction})"
+        )
+    return (train_x, train_y), (val_x, val_y)
+
+
+def _loss_fn(name: str, huber_delta: float) -> nn.Module:
+    if name == "mse":
+        return nn.MSELoss()
+    if name == "huber":
+        # delta is in scaled units: errors beyond delta of the train range count linearly, so
+        # the rare traffic bursts persistence cannot foresee do not dominate the gradient.
+        return nn.HuberLoss(delta=huber_delta)
+    if name == "mae":
+        return nn.L1Loss()
+    raise ValueError(f"unknown loss {name!r}; use mse, huber or mae")
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: nn.Module, batch: int) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, len(x), batch):
+        xb, yb = x[start : start + batch], y[start : start + batch]
+        total += float(loss(model(xb), yb)) * len(xb)
+    return total / len(x)
+
+
+def train_recurrent(
+    train_frame: pd.DataFrame,
+    config: TrainConfig,
+    *,
+    stop: threading.Event | None = None,
+    device: torch.device | None = None,
+    on_epoch: Callable[[EpochLoss], None] | None = None,
+) -> TrainResult:
+    """Train a GRU/LSTM with early stopping on the train split's tail; restore the best epoch.
+
+    Stops at `epochs`, after `patience` epochs without validation improvement, or when
+    `max_train_seconds` of training have passed (the best weights so far are kept). Raises
+    TrainingStopped when `stop` is set (checked between batches) and TrainingDiverged on a
+    non-finite or exploding loss.
+    """
+    device = device or pick_device()
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    features, targets = frame_arrays(train_frame)
+    (train_x, train_y), (val_x, val_y) = split_windows(features, targets, config)
+    x = torch.from_numpy(train_x).to(device)
+    y = torch.from_numpy(train_y).to(device)
+    vx = torch.from_numpy(val_x).to(device)
+    vy = torch.from_numpy(val_y).to(device)
+
+    model = build_model(config.spec()).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, factor=0.5, patience=max(1, config.patience // 3)
+    )
+    loss_fn = _loss_fn(config.loss, config.huber_delta)
+    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    result = TrainResult(model=model, device=str(device))
+    best_state: dict[str, torch.Tensor] | None = None
+    first_val: float | None = None
+    stale = 0
+    started = time.monotonic()
+    eval_batch = max(config.batch_size, 2048)
+
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.monotonic()
+        model.train()
+        order = torch.randperm(len(x), generator=generator).to(device)
+        running, seen = 0.0, 0
+        for start in range(0, len(x), config.batch_size):
+            if stop is not None and stop.is_set():
+                raise TrainingStopped(f"stop requested during epoch {epoch}")
+            index = order[start : start + config.batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss = loss_fn(model(x[index]), y[index])
+            if not torch.isfinite(batch_loss):
+                raise TrainingDiverged(f"non-finite training loss in epoch {epoch}")
+            batch_loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            running += float(batch_loss.detach()) * len(index)
+            seen += len(index)
+        val_loss = _mean_loss(model, vx, vy, loss_fn, eval_batch)
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(f"non-finite validation loss in epoch {epoch}")
+        first_val = val_loss if first_val is None else first_val
+        if val_loss > config.divergence_factor * max(first_val, 1e-12):
+            raise TrainingDiverged(
+                f"validation loss {val_loss:.3g} in epoch {epoch} exploded from {first_val:.3g}"
+            )
+        record = EpochLoss(epoch, running / seen, val_loss, time.monotonic() - epoch_start)
+        result.history.append(record)
+        scheduler.step(val_loss)
+        if on_epoch is not None:
+            on_epoch(record)
+        if val_loss < result.best_val_loss:
+            result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        elapsed = time.monotonic() - started
+        if stale >= config.patience:
+            result.stop_reason = f"early stop: no improvement for {stale} epochs"
+            break
+        # Stop before an epoch that would likely end past the cap, not after it.
+        if elapsed + record.seconds > config.max_train_seconds:
+            result.stop_reason = f"time cap of {config.max_train_seconds:.0f}s reached"
+            break
+    else:
+        result.stop_reason = f"reached {config.epochs} epochs"
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.monotonic() - started
+    log.info(
+        "training finished",
+        extra={
+            "model_type": config.model_type,
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "seconds": round(result.seconds, 2),
+            "stop_reason": result.stop_reason,
+            "device": str(device),
+        },
+    )
+    return result
+
+
+@torch.no_grad()
+def predict_windows(model: RecurrentForecaster, windows: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Model output for (n, input_len, 17) windows -> (n, output_len, 11), on the model's device."""
+    device = next(model.parameters()).device
+    model.eval()
+    outputs = []
+    for start in range(0, len(windows), batch):
+        xb = torch.from_numpy(np.ascontiguousarray(windows[start : start + batch], dtype=np.float32))
+        outputs.append(model(xb.to(device)).cpu().numpy())
+    if not outputs:
+        return np.empty((0, model.spec.output_seq_len, model.spec.n_targets), dtype=np.float32)
+    return np.concatenate(outputs).astype(np.float64)
+
+
+def one_step_predictions(model: RecurrentForecaster, test_frame: pd.DataFrame) -> np.ndarray:
+    """First-step forecasts for test rows input_len..N-1 (the scoring rows), shape (N-input_len, 11)."""
+    features, targets = frame_arrays(test_frame)
+    windows, _ = make_windows(features, targets, model.spec.input_seq_len, 1)
+    return predict_windows(model, windows)[:, 0, :]

@@ -1,0 +1,92 @@
+"""The GRU/LSTM part of the trainer: settings -> TrainConfig -> shared.training."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from shared.events import ModelType
+from shared.models import save_model
+from shared.settings.train import TrainSettings
+from shared.trainer_service import EpochRecord, FitFailed, FitOutcome, FitStopped
+from shared.training import (
+    NotEnoughData,
+    TrainConfig,
+    TrainingDiverged,
+    TrainingStopped,
+    one_step_predictions,
+    pick_device,
+    train_recurrent,
+)
+
+
+def config_from_settings(settings: TrainSettings) -> TrainConfig:
+    return TrainConfig(
+        model_type=settings.MODEL_TYPE,
+        input_seq_len=settings.INPUT_SEQ_LEN,
+        output_seq_len=settings.OUTPUT_SEQ_LEN,
+        epochs=settings.EPOCHS,
+        batch_size=settings.BATCH_SIZE,
+        learning_rate=settings.LEARNING_RATE,
+        hidden_size=settings.HIDDEN_SIZE,
+        num_layers=settings.NUM_LAYERS,
+        dropout=settings.DROPOUT,
+        patience=settings.PATIENCE,
+        validation_fraction=settings.VALIDATION_FRACTION,
+        seed=settings.SEED,
+        max_train_seconds=settings.MAX_TRAIN_SECONDS,
+        loss=settings.LOSS,
+        huber_delta=settings.HUBER_DELTA,
+    )
+
+
+def configure_torch_threads(requested: int) -> int:
+    """Use `requested` threads, or one per core; more threads than cores only adds contention."""
+    threads = requested or max(1, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+class RecurrentTrainer:
+    """Fits the GRU or LSTM named by MODEL_TYPE with shared.training (the bench's code path)."""
+
+    def __init__(self, settings: TrainSettings) -> None:
+        self.config = config_from_settings(settings)
+        self.model_type = ModelType(settings.MODEL_TYPE)
+        self.device = pick_device(settings.USE_CUDA)
+
+    def params(self) -> dict[str, Any]:
+        params = self.config.params()
+        for key in ("model_type", "input_sequence_length", "output_sequence_length"):
+            params.pop(key)
+        return params
+
+    def fit(
+        self, train: pd.DataFrame, test: pd.DataFrame, input_len: int, stop: threading.Event
+    ) -> FitOutcome:
+        try:
+            result = train_recurrent(train, self.config, stop=stop, device=self.device)
+        except TrainingStopped as exc:
+            raise FitStopped(str(exc)) from exc
+        except (TrainingDiverged, NotEnoughData) as exc:
+            raise FitFailed(str(exc)) from exc
+        model = result.model
+        predictions = one_step_predictions(model, test)
+        cpu_model = model.to("cpu")
+
+        def save(directory: Path) -> None:
+            save_model(cpu_model, directory)
+
+        return FitOutcome(
+            predictions=predictions,
+            save_model=save,
+            history=[EpochRecord(h.epoch, h.train_loss, h.val_loss) for h in result.history],
+            best_epoch=result.best_epoch,
+            extra_metrics={"train_seconds": result.seconds, "best_val_loss": result.best_val_loss},
+            extra_params={"device": result.device, "stop_reason": result.stop_reason},
+        )
