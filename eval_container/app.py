@@ -16,7 +16,7 @@ from shared.kafka import (
     ensure_topics,
     wait_for_broker,
 )
-from shared.mlflow_utils import connect, mlflow_answers, wait_for_mlflow
+from shared.mlflow_utils import configure_mlflow_client, connect, mlflow_answers, wait_for_mlflow
 from shared.settings.evaluator import EvaluatorSettings
 from shared.storage import ObjectStore
 
@@ -44,6 +44,7 @@ def run(settings: EvaluatorSettings, stop: threading.Event) -> int:
         log.error("dependencies not reachable at start-up", extra={"error": str(exc)})
         return 1
 
+    configure_mlflow_client()
     client = connect(settings.MLFLOW_TRACKING_URI)
     producer = EventProducer(settings.KAFKA_BOOTSTRAP_SERVERS, client_id=SERVICE)
     evaluator = Evaluator(settings, store, client, producer)

@@ -27,7 +27,7 @@ from flts_cli.stack import LocalStack, StackConfig, StackError, free_port, venv_
 from flts_cli.watch import EventWatcher
 from shared.events import DataClaim, PromotionPointer, TrainingEvent, TrainingStatus
 from shared.kafka import ensure_topics, wait_for_broker
-from shared.mlflow_utils import connect, wait_for_mlflow
+from shared.mlflow_utils import configure_mlflow_client, connect, wait_for_mlflow
 from shared.promotion import list_history, load_history
 from shared.settings import load_settings
 from shared.settings.runner import RunnerSettings
@@ -79,6 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(RunnerSettings)
     # MLflow draws progress bars on artifact downloads; they would break the status line.
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    configure_mlflow_client()
     report_dir = args.report_dir or REPO_ROOT / "reports" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     runner = PipelineRun(args, settings, Path(report_dir).resolve())
     return runner.run()

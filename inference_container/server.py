@@ -20,6 +20,7 @@ import time
 import uvicorn
 
 from inference_container.app import create_app
+from shared.mlflow_utils import configure_mlflow_client
 from shared.settings.inference import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def limit_mlflow_client_retries() -> None:
-    """MLflow's client retries each HTTP call for minutes by default; the model loader already
-    retries with its own backoff, so keep each attempt short and the loop responsive."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
 def serve(settings: InferenceSettings, sock: socket.socket) -> None:
     """Serve the app on `sock` until SIGTERM/SIGINT (uvicorn drains in-flight requests)."""
-    limit_mlflow_client_retries()
+    # The model loader retries with its own backoff: keep each MLflow call short.
+    configure_mlflow_client(timeout_s=30, max_retries=2)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

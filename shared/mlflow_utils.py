@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,24 @@ if TYPE_CHECKING:
 
 EXPERIMENT_RECURRENT = "Default"
 EXPERIMENT_NONML = "NonML"
+
+
+def configure_mlflow_client(timeout_s: int = 20, max_retries: int = 1) -> None:
+    """Keep each MLflow HTTP call short and switch off MLflow's usage telemetry.
+
+    MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) would hold one call for
+    minutes; our own bounded retry decides when to give up. Telemetry tries to reach the
+    internet and, with no route out, holds every process's exit for ~20 s. These are MLflow's
+    own variables, set once at start-up unless the deployment already chose values.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.telemetry.client import set_telemetry_client
+
+    # mlflow set its telemetry client up when it was imported; this re-reads the variable.
+    set_telemetry_client()
 
 
 def experiment_for(model_type: str) -> str:

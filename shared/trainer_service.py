@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import tempfile
 import threading
 import time
@@ -55,7 +54,14 @@ from shared.kafka import (
     wait_for_broker,
 )
 from shared.metrics import evaluation_rows, forecast_metrics
-from shared.mlflow_utils import connect, ensure_experiment, experiment_for, find_runs, wait_for_mlflow
+from shared.mlflow_utils import (
+    configure_mlflow_client,
+    connect,
+    ensure_experiment,
+    experiment_for,
+    find_runs,
+    wait_for_mlflow,
+)
 from shared.plots import plot_forecast, plot_loss_curve
 from shared.settings.train import TrainerSettings
 from shared.storage import ObjectNotFound, ObjectStore
@@ -115,24 +121,6 @@ class ProcessedData:
     test: pd.DataFrame
     meta: dict[str, Any]
     scaler: MinMaxScaler
-
-
-def configure_mlflow_client(timeout_s: int = 20, max_retries: int = 1) -> None:
-    """Keep each MLflow HTTP call short and switch off MLflow's usage telemetry.
-
-    MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) would hold one call for
-    minutes; our own bounded retry decides when to give up. Telemetry tries to reach the
-    internet and, with no route out, holds every process's exit for ~20 s. These are MLflow's
-    own variables, set once at start-up unless the deployment already chose values.
-    """
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.telemetry.client import set_telemetry_client
-
-    # mlflow set its telemetry client up when it was imported; this re-reads the variable.
-    set_telemetry_client()
 
 
 def mlflow_unreachable(exc: BaseException) -> bool:
