@@ -36,7 +36,7 @@ from inference_container.metrics import ServiceMetrics
 from shared.data import KPI_COLUMNS, STEP, MinMaxScaler
 from shared.events import ModelType, PromotionPointer
 from shared.forecasting import Forecast, RecurrentForecast, TimestampForecast
-from shared.kafka import PoisonMessage, decode, ensure_topics
+from shared.kafka import EventProducer, PoisonMessage, TransientError, decode, ensure_topics, send_to_dlq
 from shared.models import load_model
 from shared.settings.inference import InferenceSettings
 from shared.storage import ObjectNotFound, ObjectStore
@@ -181,6 +181,7 @@ class ModelManager:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.group_id = f"inference-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._dead_letters: EventProducer | None = None
 
     # -- read side (request path): one attribute read, no lock -------------------------------
     @property
@@ -428,12 +429,23 @@ class ModelManager:
         finally:
             consumer.close()
 
+    def _dlq_producer(self) -> EventProducer:
+        # Made on first use: a healthy replica never needs a producer.
+        if self._dead_letters is None:
+            self._dead_letters = EventProducer(self.settings.KAFKA_BOOTSTRAP_SERVERS, client_id=self.group_id)
+        return self._dead_letters
+
     def _on_message(self, msg: Message) -> None:
         extra = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
         try:
             pointer = decode(msg.value(), PromotionPointer)
         except PoisonMessage as exc:
-            # Not sent to the DLQ: every replica reads every message, so each would file a copy.
+            # Every replica reads every message, so each files its own letter, named by its group:
+            # the DLQ then shows which replicas could not read it.
             log.error("unreadable promotion ignored", extra={**extra, "error": str(exc)})
+            try:
+                send_to_dlq(self._dlq_producer(), msg, str(exc), f"inference:{self.group_id}")
+            except TransientError as dlq_exc:
+                log.warning("could not file the dead letter", extra={**extra, "error": str(dlq_exc)})
             return
         self.offer(pointer, "kafka")  # type: ignore[arg-type]

@@ -18,6 +18,12 @@ import orjson
 from shared.data import KPI_COLUMNS
 
 TIME_COLUMN_CANDIDATES = ("ts", "time", "timestamp")
+# A window needs 12 columns; unknown extras are ignored, but not without bound (each costs work).
+MAX_COLUMNS = 64
+# Traffic measured by this system lies in this range; anything outside is a client bug, and a
+# horizon that runs past it would overflow datetime arithmetic downstream.
+EARLIEST_TIMESTAMP = np.datetime64("1970-01-01T00:00:00", "us")
+LATEST_TIMESTAMP = np.datetime64("2100-01-01T00:00:00", "us")
 _NUMBER_TYPES = frozenset({int, float})
 
 
@@ -82,7 +88,14 @@ def parse_predict_request(
         raise RequestError(
             422, "body lacks 'data': an object of columns (ts + the 11 KPIs) or a list of rows"
         )
-    columns = _columns(payload["data"], index_col)
+    data = payload["data"]
+    width = _width(data)
+    if width > MAX_COLUMNS:
+        raise RequestError(
+            413,
+            f"too many columns in 'data': {width} > {MAX_COLUMNS} (a window needs the timestamp and 11 KPIs)",
+        )
+    columns = _columns(data, index_col)
     time_column = _time_column(columns, index_col)
     raw_times = columns[time_column]
     if not isinstance(raw_times, list):
@@ -99,6 +112,7 @@ def parse_predict_request(
     kpis = _kpi_matrix(columns, rows, time_column)
     timestamps = _timestamps(raw_times, time_column)
     _check_spacing(timestamps, limits.step, time_column)
+    _check_range(timestamps, limits.step, horizon, time_column)
     return PredictRequest(timestamps, kpis, horizon, time_column)
 
 
@@ -204,6 +218,7 @@ def _kpi_matrix(columns: Mapping[str, Any], rows: int, time_column: str) -> np.n
 def _timestamps(values: Sequence[Any], time_column: str) -> np.ndarray:
     parsed: list[datetime] = []
     aware: bool | None = None
+    first_offset = None
     for i, value in enumerate(values):
         if type(value) is not str:
             raise RequestError(
@@ -225,6 +240,15 @@ def _timestamps(values: Sequence[Any], time_column: str) -> np.ndarray:
                 f"but row 0 is {'aware' if aware else 'naive'}; send all UTC-naive or all with an offset",
             )
         if has_zone:
+            offset = moment.utcoffset()
+            if first_offset is None:
+                first_offset = offset
+            elif offset != first_offset:
+                raise RequestError(
+                    422,
+                    f"'{time_column}' mixes time zones: row {i} has UTC offset {offset} but row 0 has "
+                    f"{first_offset}; send every timestamp with the same offset",
+                )
             moment = moment.astimezone(UTC).replace(tzinfo=None)
         parsed.append(moment)
     return np.array(parsed, dtype="datetime64[us]")
@@ -249,3 +273,31 @@ def _check_spacing(timestamps: np.ndarray, step: np.timedelta64, time_column: st
         f"timestamps in '{time_column}' must be {step_s:g} s apart (the training step); rows {i} and "
         f"{i + 1} are {gap / np.timedelta64(1, 's'):g} s apart",
     )
+
+
+def _check_range(timestamps: np.ndarray, step: np.timedelta64, horizon: int, time_column: str) -> None:
+    if timestamps[0] < EARLIEST_TIMESTAMP or timestamps[-1] >= LATEST_TIMESTAMP:
+        raise RequestError(
+            422,
+            f"timestamps in '{time_column}' must lie between {_day(EARLIEST_TIMESTAMP)} and "
+            f"{_day(LATEST_TIMESTAMP)}; got {timestamps[0]} .. {timestamps[-1]}",
+        )
+    last_forecast = timestamps[-1] + step * horizon
+    if last_forecast >= LATEST_TIMESTAMP:
+        raise RequestError(
+            422,
+            f"inference_length {horizon} would forecast up to {last_forecast}, past {_day(LATEST_TIMESTAMP)}",
+        )
+
+
+def _day(moment: np.datetime64) -> np.datetime64:
+    return moment.astype("datetime64[D]")
+
+
+def _width(data: Any) -> int:
+    """Columns in a columnar body, or in the first row of a list of rows."""
+    if isinstance(data, dict):
+        return len(data)
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        return len(data[0])
+    return 0

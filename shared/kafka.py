@@ -197,6 +197,27 @@ def decode(raw: bytes | None, model: type[BaseModel]) -> BaseModel:
         raise PoisonMessage(f"schema violation for {model.__name__}: {details}") from exc
 
 
+def send_to_dlq(producer: EventProducer, msg: Message, error: str, service: str) -> None:
+    """Publish `msg` with the reason to `DLQ-<topic>`, keyed like the original."""
+    raw = msg.value() or b""
+    payload = raw[:DLQ_PAYLOAD_LIMIT].decode("utf-8", "replace")
+    if len(raw) > DLQ_PAYLOAD_LIMIT:
+        payload += f"...[truncated, {len(raw)} bytes in all]"
+    letter = DeadLetter(
+        error=error,
+        payload=payload,
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        service=service,
+    )
+    extra = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error}
+    log.warning("message sent to DLQ", extra=extra)
+    producer.publish(
+        dlq_topic(msg.topic()), msg.key().decode("utf-8", "replace") if msg.key() else None, letter
+    )
+
+
 class ConsumerLoop:
     """Consume `topics` in `group_id`, hand each decoded event to `handler`, commit after it."""
 
@@ -336,20 +357,7 @@ class ConsumerLoop:
         self._dead_letter(msg, ctx, self._last_error)
 
     def _dead_letter(self, msg: Message, ctx: MessageContext, error: str) -> None:
-        raw = msg.value() or b""
-        payload = raw[:DLQ_PAYLOAD_LIMIT].decode("utf-8", "replace")
-        if len(raw) > DLQ_PAYLOAD_LIMIT:
-            payload += f"...[truncated, {len(raw)} bytes in all]"
-        letter = DeadLetter(
-            error=error,
-            payload=payload,
-            topic=ctx.topic,
-            partition=ctx.partition,
-            offset=ctx.offset,
-            service=self.service,
-        )
-        log.warning("message sent to DLQ", extra={**ctx.log_extra(), "error": error})
-        self.producer.publish(dlq_topic(ctx.topic), ctx.key, letter)
+        send_to_dlq(self.producer, msg, error, self.service)
 
     def _commit(self, msg: Message, ctx: MessageContext) -> None:
         try:

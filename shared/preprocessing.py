@@ -18,6 +18,8 @@ of a sampled run equal to the full run's, so sampled rows always lie inside [0, 
 Repairs (each counted in the split's report):
 - columns other than `time` and the 11 KPIs are ignored and listed (`ignored_columns`);
 - KPI cells that are not numbers or are infinite become missing (`non_numeric_cells`, `infinite_cells`);
+- finite KPI cells beyond +-MAX_ABS_KPI become missing too (`implausible_cells`): one 1e300 would
+  otherwise become the scaler's maximum and squash every real value of its column to ~0;
 - rows with every KPI missing are dropped (`rows_all_kpis_missing`); inside the series their grid slot
   is re-created and filled like any gap, at either end the series simply starts/ends later;
 - unsorted rows are sorted, stably (`unsorted_rows` = rows earlier than their predecessor);
@@ -64,11 +66,14 @@ import pandas as pd
 
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, TIME_COLUMN, MinMaxScaler, time_features
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2
 SAMPLE_STRATEGIES: tuple[str, ...] = ("head", "tail", "random")
 DEFAULT_MAX_GAP_STEPS = 720
 CONSTANT_RELATIVE_SPAN = 1e-12
 NEAR_CONSTANT_RELATIVE_SPAN = 1e-6
+# Far above anything a cell reports in two minutes (a 1 Gbit/s cell moves ~1.5e10 bytes), far below
+# the values that wreck min-max scaling; a cell beyond it is a corrupt reading, not traffic.
+MAX_ABS_KPI = 1e15
 STEP_SECONDS = int(STEP.total_seconds())
 
 
@@ -233,9 +238,12 @@ def clean_split(
     numbers = values.to_numpy()
     non_numeric = ~raw_missing & np.isnan(numbers)
     infinite = np.isinf(numbers)
-    numbers = np.where(infinite, np.nan, numbers)
+    with np.errstate(invalid="ignore"):
+        implausible = np.isfinite(numbers) & (np.abs(numbers) > MAX_ABS_KPI)
+    numbers = np.where(infinite | implausible, np.nan, numbers)
     report["non_numeric_cells"] = int(non_numeric.sum())
     report["infinite_cells"] = int(infinite.sum())
+    report["implausible_cells"] = int(implausible.sum())
     kpis = pd.DataFrame(numbers, index=times, columns=list(KPI_COLUMNS))
 
     empty_rows = kpis.isna().all(axis=1).to_numpy()
@@ -414,6 +422,7 @@ def prepare_splits(
 REPAIR_EVENTS: tuple[str, ...] = (
     "non_numeric_cells",
     "infinite_cells",
+    "implausible_cells",
     "nan_cells",
     "rows_all_kpis_missing",
     "unsorted_rows",

@@ -16,25 +16,42 @@ class BaseServiceSettings(BaseSettings):
     MLFLOW_S3_ENDPOINT_URL: str = Field(description="S3/MinIO endpoint URL for the object store")
     AWS_ACCESS_KEY_ID: SecretStr = Field(description="Object-store access key (from a Secret)")
     AWS_SECRET_ACCESS_KEY: SecretStr = Field(description="Object-store secret key (from a Secret)")
-    AWS_DEFAULT_REGION: str = "us-east-1"
-    LOG_LEVEL: str = "INFO"
-    KAFKA_FETCH_WAIT_MAX_MS: int = Field(default=100, ge=1, le=5000)
-    KAFKA_SESSION_TIMEOUT_MS: int = Field(default=10000, ge=1000)
-    KAFKA_MAX_POLL_INTERVAL_MS: int = Field(default=900000, ge=10000)
-    HANDLER_MAX_RETRIES: int = Field(default=5, ge=0, le=100)
-    HANDLER_RETRY_BACKOFF_S: float = Field(default=1.0, ge=0.0, le=60.0)
-    STARTUP_TIMEOUT_S: float = Field(default=60.0, gt=0)
+    AWS_DEFAULT_REGION: str = Field(default="us-east-1", description="Region name boto3 signs with")
+    LOG_LEVEL: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    KAFKA_FETCH_WAIT_MAX_MS: int = Field(
+        default=100, ge=1, le=5000, description="Broker fetch wait; consumer latency is about half of it"
+    )
+    KAFKA_SESSION_TIMEOUT_MS: int = Field(
+        default=10000, ge=1000, description="Consumer-group session timeout"
+    )
+    KAFKA_MAX_POLL_INTERVAL_MS: int = Field(
+        default=900000, ge=10000, description="Longest time one message may be handled before a rebalance"
+    )
+    HANDLER_MAX_RETRIES: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Retries of a transient error before the process exits uncommitted",
+    )
+    HANDLER_RETRY_BACKOFF_S: float = Field(
+        default=1.0, ge=0.0, le=60.0, description="First retry delay; doubles per attempt (capped at 30 s)"
+    )
+    STARTUP_TIMEOUT_S: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long to wait for Kafka/S3/MLflow at start-up before exiting non-zero",
+    )
 
     # Topic and bucket names are settings so tests can isolate themselves; the defaults are
     # the contract in DESIGN.md.
-    TOPIC_TRAINING_DATA: str = "training-data"
-    TOPIC_INFERENCE_DATA: str = "inference-data"
-    TOPIC_MODEL_TRAINING: str = "model-training"
-    TOPIC_MODEL_SELECTED: str = "model-selected"
-    BUCKET_DATASET: str = "dataset"
-    BUCKET_PROCESSED: str = "processed-data"
-    BUCKET_PROMOTION: str = "model-promotion"
-    BUCKET_INFERENCE_LOGS: str = "inference-logs"
+    TOPIC_TRAINING_DATA: str = Field(default="training-data", description="Claims for the trainers")
+    TOPIC_INFERENCE_DATA: str = Field(default="inference-data", description="Claims of the test split")
+    TOPIC_MODEL_TRAINING: str = Field(default="model-training", description="Trainer progress events")
+    TOPIC_MODEL_SELECTED: str = Field(default="model-selected", description="Promotion pointers")
+    BUCKET_DATASET: str = Field(default="dataset", description="Raw CSVs")
+    BUCKET_PROCESSED: str = Field(default="processed-data", description="Parquet splits and meta.json")
+    BUCKET_PROMOTION: str = Field(default="model-promotion", description="Live pointers and history")
+    BUCKET_INFERENCE_LOGS: str = Field(default="inference-logs", description="Logged predictions")
 
     @field_validator("KAFKA_BOOTSTRAP_SERVERS")
     @classmethod
