@@ -40,14 +40,22 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["GRU", "LSTM"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the trainer's default)")
     parser.add_argument("--cpu", action="store_true", help="ignore a GPU even if one is present")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override TrainConfig defaults, e.g. --set batch_size=512 patience=5 (to try candidates)",
+    )
     args = parser.parse_args()
+    overrides = _overrides(args.set)
     torch.set_num_threads(args.threads)
     device = pick_device(prefer_cuda=not args.cpu)
 
     data_dir = REPO / "data"
     train_raw = read_raw_csv((data_dir / f"{args.dataset}.csv").read_bytes(), "train")
     test_raw = read_raw_csv((data_dir / f"{args.dataset}_test.csv").read_bytes(), "test")
-    defaults = TrainConfig(model_type="GRU")
+    defaults = TrainConfig(model_type="GRU", **overrides)
     prepared = prepare_splits(
         train_raw,
         test_raw,
@@ -61,9 +69,11 @@ def main() -> int:
         f"{defaults.input_seq_len}..{n_test - 1} ({len(actual)}), one step ahead; device {device}, "
         f"{args.threads} CPU thread(s)"
     )
+    layers = ", ".join(f"{m} {TrainConfig(**{**overrides, 'model_type': m}).num_layers}" for m in args.models)
     print(
-        f"defaults: {defaults.num_layers}x{defaults.hidden_size} hidden, loss {defaults.loss} "
-        f"(delta {defaults.huber_delta}), lr {defaults.learning_rate}, batch {defaults.batch_size}, "
+        f"defaults: {layers} layer(s) of {defaults.hidden_size}, loss {defaults.loss} "
+        f"(delta {defaults.huber_delta}), lr {defaults.learning_rate} ({defaults.lr_schedule}), "
+        f"batch {defaults.batch_size}, "
         f"epochs <= {defaults.epochs}, patience {defaults.patience}, cap {defaults.max_train_seconds:.0f}s"
     )
     header = f"{'model':5} {'seed':>4} {'down RMSE':>10} {'persist':>9} {'rel':>7} {'up RMSE':>9} {'persist':>9} {'rel':>7} {'epochs':>6} {'best':>4} {'train s':>7}"  # noqa: E501
@@ -72,7 +82,7 @@ def main() -> int:
     for model_type in args.models:
         rows = []
         for seed in args.seeds:
-            config = TrainConfig(model_type=model_type, seed=seed)
+            config = TrainConfig(**{**overrides, "model_type": model_type, "seed": seed})
             started = time.monotonic()
             result = train_recurrent(prepared.train, config, device=device)
             seconds = time.monotonic() - started
@@ -99,6 +109,18 @@ def main() -> int:
         return 1
     print("BAR MET: every model beats persistence by >= 10 % on down and >= 14 % on up in < 120 s")
     return 0
+
+
+def _overrides(pairs: list[str]) -> dict[str, object]:
+    """FIELD=VALUE pairs -> TrainConfig keyword arguments, each cast to the field's default type."""
+    defaults = TrainConfig(model_type="GRU")
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not hasattr(defaults, name) or name in ("model_type", "seed"):
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a TrainConfig field")
+        out[name] = type(getattr(defaults, name))(value)
+    return out
 
 
 def _line(model: str, seed: str, row: dict[str, float], epochs: int | None, best: int | None) -> str:

@@ -30,6 +30,7 @@ def options_from_settings(settings: ProphetSettings) -> ProphetOptions:
         seasonality_mode=settings.PROPHET_SEASONALITY_MODE,
         daily_fourier=settings.PROPHET_DAILY_FOURIER,
         weekly_fourier=settings.PROPHET_WEEKLY_FOURIER,
+        fit_resample_minutes=settings.PROPHET_FIT_RESAMPLE_MINUTES,
     )
 
 

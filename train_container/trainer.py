@@ -42,6 +42,7 @@ def config_from_settings(settings: TrainSettings) -> TrainConfig:
         max_train_seconds=settings.MAX_TRAIN_SECONDS,
         loss=settings.LOSS,
         huber_delta=settings.HUBER_DELTA,
+        lr_schedule=settings.LR_SCHEDULE,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,10 @@ from shared.prophet_model import (
     MANIFEST_FILE,
     ProphetForecaster,
     ProphetOptions,
+    ProphetStopped,
+    fit_frame,
     fit_one_kpi,
+    fit_prophet_models,
     load_prophet_forecaster,
     save_prophet_models,
 )
@@ -83,3 +87,41 @@ def test_loading_a_folder_of_another_kind_is_refused(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"kind": "pickle", "files": {}}))
     with pytest.raises(ValueError, match="prophet-per-kpi"):
         load_prophet_forecaster(tmp_path)
+
+
+def test_bucket_means_are_stamped_at_the_bucket_centre_so_the_daily_phase_is_kept() -> None:
+    index = pd.date_range("2018-02-05 00:00", periods=10, freq=STEP)
+    frame = fit_frame(index.to_numpy(), np.arange(10, dtype=float), resample_minutes=10)
+    # rows 00:00..00:08 average to 2.0 and describe 00:04; rows 00:10..00:18 describe 00:14
+    assert list(frame["ds"]) == [pd.Timestamp("2018-02-05 00:04"), pd.Timestamp("2018-02-05 00:14")]
+    np.testing.assert_allclose(frame["y"], [2.0, 7.0])
+
+
+def test_gaps_leave_no_invented_buckets_and_zero_minutes_fits_the_raw_rows() -> None:
+    index = pd.date_range("2018-02-05", periods=5, freq=STEP).append(
+        pd.date_range("2018-02-05 01:00", periods=5, freq=STEP)
+    )
+    y = np.linspace(0.0, 1.0, len(index))
+    resampled = fit_frame(index.to_numpy(), y, resample_minutes=10)
+    assert len(resampled) == 2 and np.all(np.isfinite(resampled["y"]))
+    raw = fit_frame(index.to_numpy(), y, resample_minutes=0)
+    assert list(raw["ds"]) == list(index)
+    np.testing.assert_allclose(raw["y"], y)
+
+
+def test_fitting_on_bucket_means_still_learns_the_daily_cycle_at_two_minute_timestamps() -> None:
+    train = daily_frame(2160, "2018-02-05")  # three days
+    options = ProphetOptions(n_changepoints=3, daily_fourier=3, weekly_fourier=1, fit_resample_minutes=10)
+    models = fit_prophet_models(train, options, workers=1, columns=("down", "up"))
+    assert list(models) == ["down", "up"]
+    test = daily_frame(120, "2018-02-08")
+    predicted = ProphetForecaster(models, ("down", "up")).predict(pd.DatetimeIndex(test.index))
+    actual = test[["down", "up"]].to_numpy()
+    assert np.sqrt(np.mean((predicted - actual) ** 2)) < 0.02
+
+
+def test_in_process_fitting_honours_the_stop_flag_before_each_kpi() -> None:
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(ProphetStopped):
+        fit_prophet_models(daily_frame(720, "2018-02-05"), OPTIONS, workers=1, stop=stop)

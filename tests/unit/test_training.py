@@ -90,6 +90,31 @@ def test_exploding_validation_loss_is_reported_as_divergence() -> None:
         train_recurrent(synthetic_frame(400), config, device=torch.device("cpu"))
 
 
+def test_one_cycle_schedule_warms_up_then_anneals_the_learning_rate_to_almost_zero() -> None:
+    config = TrainConfig(
+        model_type="LSTM", epochs=6, patience=6, lr_schedule="onecycle", **{**SMALL, "learning_rate": 1e-2}
+    )
+    result = train_recurrent(synthetic_frame(600), config, device=torch.device("cpu"))
+    rates = [h.learning_rate for h in result.history]
+    assert len(rates) == 6
+    assert max(rates) <= 1e-2 * (1 + 1e-9)
+    assert rates[0] < max(rates)  # still warming up after the first epoch
+    assert rates[-1] < 1e-2 * 1e-2  # annealed to under 1 % of the peak by the last planned epoch
+    assert min(h.val_loss for h in result.history) < result.history[0].val_loss
+
+
+def test_default_depth_is_one_gru_layer_or_two_lstm_layers_unless_asked() -> None:
+    assert TrainConfig(model_type="GRU").num_layers == 1
+    assert TrainConfig(model_type="LSTM").num_layers == 2
+    assert TrainConfig(model_type="LSTM", num_layers=3).spec().num_layers == 3
+
+
+def test_an_unknown_learning_rate_schedule_is_refused() -> None:
+    config = TrainConfig(model_type="GRU", epochs=1, lr_schedule="cosine", **SMALL)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_recurrent(synthetic_frame(300), config, device=torch.device("cpu"))
+
+
 def test_saved_model_reloads_with_weights_only_and_predicts_the_same(tmp_path: Path) -> None:
     config = TrainConfig(model_type="GRU", epochs=1, **SMALL)
     result = train_recurrent(synthetic_frame(300), config, device=torch.device("cpu"))
