@@ -23,30 +23,47 @@ FORECAST_ARTIFACT = "plots/forecast_down_up.png"
 
 
 def read_locust_stats(prefix: Path) -> dict[str, Any]:
-    """Requests, failures, RPS and latency percentiles of the whole swarm from Locust's CSVs."""
-    stats_path = Path(f"{prefix}_stats.csv")
-    empty = {"requests": 0, "failures": 0, "rps": 0.0, "p50_ms": None, "p95_ms": None, "p99_ms": None}
-    if not stats_path.exists():
-        return empty
-    with stats_path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    total = next((r for r in rows if r.get("Name") == "Aggregated"), None)
-    if total is None:
-        return empty
-    by_name = {
-        r["Name"]: {"requests": int(r["Request Count"]), "failures": int(r["Failure Count"])}
-        for r in rows
-        if r.get("Name") != "Aggregated"
-    }
+    """Requests, failures, RPS and latency percentiles of the whole swarm.
+
+    Read from Locust's final JSON (`--json-file`), written once at exit from the complete stats;
+    its periodic CSV can miss the last requests of a short swarm.
+    """
+    path = Path(f"{prefix}.json")
+    entries = json.loads(path.read_text()) if path.exists() else []
+    requests = sum(int(e["num_requests"]) for e in entries)
+    failures = sum(int(e["num_failures"]) for e in entries)
+    histogram: dict[int, int] = {}
+    for entry in entries:
+        for millis, count in entry["response_times"].items():
+            histogram[int(float(millis))] = histogram.get(int(float(millis)), 0) + int(count)
+    stamps = [e["last_request_timestamp"] for e in entries if e.get("last_request_timestamp")]
+    starts = [e["start_time"] for e in entries if e.get("start_time")]
+    span = max(stamps) - min(starts) if stamps and starts else 0.0
     return {
-        "requests": int(total["Request Count"]),
-        "failures": int(total["Failure Count"]),
-        "rps": round(float(total["Requests/s"]), 1),
-        "p50_ms": _number(total.get("50%")),
-        "p95_ms": _number(total.get("95%")),
-        "p99_ms": _number(total.get("99%")),
-        "by_endpoint": by_name,
+        "requests": requests,
+        "failures": failures,
+        "rps": round(requests / span, 1) if span > 0 else 0.0,
+        "p50_ms": _percentile(histogram, 0.50),
+        "p95_ms": _percentile(histogram, 0.95),
+        "p99_ms": _percentile(histogram, 0.99),
+        "by_endpoint": {
+            f"{e['method']} {e['name']}": {"requests": e["num_requests"], "failures": e["num_failures"]}
+            for e in entries
+        },
     }
+
+
+def _percentile(histogram: dict[int, int], fraction: float) -> float | None:
+    """The smallest recorded response time (ms) at or below which `fraction` of requests fall."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    seen = 0
+    for millis in sorted(histogram):
+        seen += histogram[millis]
+        if seen >= fraction * total:
+            return float(millis)
+    return float(max(histogram))
 
 
 def build_report(

@@ -465,6 +465,8 @@ class PipelineRun:
             "--csv",
             str(prefix),
             "--csv-full-history",
+            "--json-file",
+            str(prefix),
             "--only-summary",
             "--exit-code-on-error",
             "1",

@@ -31,11 +31,15 @@ class EvaluatorSettings(BaseServiceSettings):
         default=True, description="The winner's test_rmse must beat baseline_test_rmse (persistence)"
     )
     HEALTH_PORT: int = Field(default=8080, ge=0, le=65535, description="Port of /healthz and /readyz")
-    CONSUMER_GROUP: str = Field(default="evaluator", min_length=1)
+    CONSUMER_GROUP: str = Field(
+        default="evaluator", min_length=1, description="Consumer group of the evaluator"
+    )
     REGISTERED_MODEL_PREFIX: str = Field(
         default="flts-", description="Registered model name = prefix + identifier"
     )
-    CHAMPION_ALIAS: str = Field(default="champion", min_length=1)
+    CHAMPION_ALIAS: str = Field(
+        default="champion", min_length=1, description="MLflow registered-model alias moved to the winner"
+    )
 
     @field_validator("EXPECTED_MODEL_TYPES", mode="before")
     @classmethod
