@@ -52,19 +52,14 @@ def run(settings: EvaluatorSettings, stop: threading.Event) -> int:
 
     health = HealthState(lambda: mlflow_answers(settings.MLFLOW_TRACKING_URI, timeout_s=2.0))
     server = start_health_server(settings.HEALTH_PORT, health)
-    loop = ConsumerLoop(
-        bootstrap=settings.KAFKA_BOOTSTRAP_SERVERS,
+    loop = ConsumerLoop.from_settings(
+        settings,
         group_id=settings.CONSUMER_GROUP,
         topics={settings.TOPIC_MODEL_TRAINING: TrainingEvent},
         handler=evaluator.handle,
         service=SERVICE,
         producer=producer,
         stop=stop,
-        max_retries=settings.HANDLER_MAX_RETRIES,
-        backoff_s=settings.HANDLER_RETRY_BACKOFF_S,
-        fetch_wait_max_ms=settings.KAFKA_FETCH_WAIT_MAX_MS,
-        session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
-        max_poll_interval_ms=settings.KAFKA_MAX_POLL_INTERVAL_MS,
         on_idle=evaluator.on_idle,
     )
     health.consuming.set()

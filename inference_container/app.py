@@ -194,6 +194,11 @@ def create_app(
             "pointer_checked": status["pointer_checked"],
         }
 
+    def not_ready() -> Response:
+        return JSONResponse(
+            {"status": "not ready", "detail": "no model loaded", **manager.status()}, 503, headers=retry_after
+        )
+
     @app.get(
         "/readyz",
         summary="Readiness: 200 only with a model loaded",
@@ -202,11 +207,7 @@ def create_app(
     async def readyz() -> Response:
         model = manager.current
         if model is None:
-            return JSONResponse(
-                {"status": "not ready", "detail": "no model loaded", **manager.status()},
-                503,
-                headers=retry_after,
-            )
+            return not_ready()
         return JSONResponse({"status": "ready", "run_id": model.pointer.run_id})
 
     @app.get(
@@ -217,11 +218,7 @@ def create_app(
     async def model_info() -> Response:
         model = manager.current
         if model is None:
-            return JSONResponse(
-                {"status": "not ready", "detail": "no model loaded", **manager.status()},
-                503,
-                headers=retry_after,
-            )
+            return not_ready()
         return JSONResponse({"status": "ready", **model.describe(), **manager.status()})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)

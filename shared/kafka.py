@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
@@ -27,6 +27,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, ValidationError
 
 from shared.events import SCHEMA_VERSION, DeadLetter, dlq_topic, to_json_bytes
+
+if TYPE_CHECKING:
+    from shared.settings.base import BaseServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +271,36 @@ class ConsumerLoop:
         )
         self._closed = False
         self._last_error = ""
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BaseServiceSettings,
+        *,
+        group_id: str,
+        topics: Mapping[str, type[BaseModel]],
+        handler: Handler,
+        service: str,
+        producer: EventProducer,
+        stop: threading.Event,
+        on_idle: Callable[[], None] | None = None,
+    ) -> ConsumerLoop:
+        """A loop with the Kafka and retry behaviour the service's settings ask for."""
+        return cls(
+            bootstrap=settings.KAFKA_BOOTSTRAP_SERVERS,
+            group_id=group_id,
+            topics=topics,
+            handler=handler,
+            service=service,
+            producer=producer,
+            stop=stop,
+            max_retries=settings.HANDLER_MAX_RETRIES,
+            backoff_s=settings.HANDLER_RETRY_BACKOFF_S,
+            fetch_wait_max_ms=settings.KAFKA_FETCH_WAIT_MAX_MS,
+            session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
+            max_poll_interval_ms=settings.KAFKA_MAX_POLL_INTERVAL_MS,
+            on_idle=on_idle,
+        )
 
     def run(self) -> None:
         """Consume until the stop flag is set; then commit nothing more and leave the group."""

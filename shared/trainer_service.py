@@ -521,19 +521,14 @@ def run_trainer(
         stop=stop,
     )
     service_obj.experiment_id()
-    loop = ConsumerLoop(
-        bootstrap=bootstrap,
+    loop = ConsumerLoop.from_settings(
+        settings,
         group_id=settings.group_id(),
         topics={settings.TOPIC_TRAINING_DATA: DataClaim},
         handler=service_obj.handle,  # type: ignore[arg-type]
         service=service,
         producer=producer,
         stop=stop,
-        max_retries=settings.HANDLER_MAX_RETRIES,
-        backoff_s=settings.HANDLER_RETRY_BACKOFF_S,
-        fetch_wait_max_ms=settings.KAFKA_FETCH_WAIT_MAX_MS,
-        session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
-        max_poll_interval_ms=settings.KAFKA_MAX_POLL_INTERVAL_MS,
     )
     try:
         loop.run()

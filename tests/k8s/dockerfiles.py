@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers.repo_files import files_git_would_commit
 from tests.k8s.manifests import REPO_ROOT
 
 # Image name (in the manifests) → Dockerfile, for every image this repository builds.
@@ -48,15 +48,8 @@ class Stage:
 
 
 def dockerfiles() -> list[Path]:
-    """Every Dockerfile git would commit (walking .venv with a glob takes seconds)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    ).stdout.splitlines()
+    """Every Dockerfile git would commit."""
+    listed = files_git_would_commit()
     found = sorted(REPO_ROOT / line for line in listed if line.rsplit("/", 1)[-1] == "Dockerfile")
     assert sorted(DOCKERFILES.values()) == found, "a Dockerfile is missing from DOCKERFILES or not on disk"
     return found

@@ -4,8 +4,8 @@ development values appear nowhere but the generator's input files."""
 from __future__ import annotations
 
 import re
-import subprocess
 
+from tests.helpers.repo_files import files_git_would_commit
 from tests.k8s.dockerfiles import dockerfiles, parse_dockerfile
 from tests.k8s.manifests import BASE_DIR, REPO_ROOT, Resource, generated_secrets, workloads
 
@@ -62,24 +62,11 @@ def test_config_maps_hold_no_credentials(rendered: list[Resource]) -> None:
             assert not CREDENTIAL_NAME.search(key), f"ConfigMap {config_map['metadata']['name']}: {key}"
 
 
-def _tracked_and_new_files() -> list[str]:
-    """Every file git would commit (tracked or untracked, not ignored)."""
-    result = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return [line for line in result.stdout.splitlines() if line]
-
-
 def test_development_secret_values_appear_only_in_the_generator_files() -> None:
     values = {v for data in generated_secrets().values() for v in data.values() if len(v) >= 8}
     assert values
     offenders = []
-    for relative in _tracked_and_new_files():
+    for relative in files_git_would_commit():
         path = REPO_ROOT / relative
         if (
             path.resolve() in SECRET_FILES

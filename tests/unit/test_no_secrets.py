@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.repo_files import files_git_would_commit
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GENERATOR_INPUTS = ".kubernetes/base/secrets/"
 BINARY_SUFFIXES = {".csv", ".parquet", ".png", ".pt", ".gz", ".zip", ".whl"}
@@ -35,19 +37,6 @@ ALLOWED = (
     re.compile(r"\bminio[a]dmin\b"),  # MinIO's default login; spelt so this line does not match itself
 )
 FORBIDDEN_NAMES = re.compile(r"(^|/)(\.env(\..+)?|id_rsa|id_ed25519|.*\.pem|.*\.key|credentials(\.json)?)$")
-
-
-def committed_files() -> list[str]:
-    """Every file git would commit (tracked, or untracked and not ignored)."""
-    result = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return [line for line in result.stdout.splitlines() if line and (REPO_ROOT / line).is_file()]
 
 
 def scan(text: str) -> list[str]:
@@ -92,7 +81,7 @@ def test_the_scanner_lets_references_to_credentials_pass(sample: str) -> None:
 
 
 def test_no_committed_file_holds_a_credential() -> None:
-    files = committed_files()
+    files = files_git_would_commit()
     assert len(files) > 50, "git ls-files found too few files; is this the repository?"
     offenders = []
     for relative in files:
@@ -107,7 +96,7 @@ def test_no_committed_file_holds_a_credential() -> None:
 
 
 def test_no_credential_file_is_committed() -> None:
-    offenders = [f for f in committed_files() if FORBIDDEN_NAMES.search(f)]
+    offenders = [f for f in files_git_would_commit() if FORBIDDEN_NAMES.search(f)]
     assert not offenders, offenders
 
 
