@@ -572,7 +572,7 @@ def _epoch_progress(client: Any, events: dict[str, TrainingEvent], status: dict[
         if status.get(model_type) != "RUNNING" or not event.run_id:
             continue
         try:
-            history = client.get_metric_history(event.run_id, "val_loss")
+            history = client.get_metric_history(event.run_id, "epoch")
         except Exception:
             continue
         if history:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,12 @@ class ProphetTrainer:
         return {**self.options.params(), "prophet_workers": self.workers}
 
     def fit(
-        self, train: pd.DataFrame, test: pd.DataFrame, input_len: int, stop: threading.Event
+        self,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        input_len: int,
+        stop: threading.Event,
+        on_epoch: Callable[[int], None] | None = None,
     ) -> FitOutcome:
         if len(train) < 2:
             raise FitFailed(f"Prophet needs at least 2 train rows, got {len(train)}")

@@ -109,9 +109,16 @@ class ModelTrainer(Protocol):
         ...
 
     def fit(
-        self, train: pd.DataFrame, test: pd.DataFrame, input_len: int, stop: threading.Event
+        self,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        input_len: int,
+        stop: threading.Event,
+        on_epoch: Callable[[int], None] | None = None,
     ) -> FitOutcome:
-        """Fit on `train`; predict test rows input_len..N-1 one step ahead. Raise FitStopped/FitFailed."""
+        """Fit on `train`; predict test rows input_len..N-1 one step ahead. Raise FitStopped/FitFailed.
+
+        `on_epoch(epoch)` is called after each finished epoch (models without epochs never call it)."""
         ...
 
 
@@ -386,21 +393,35 @@ class TrainerService:
             )
         return ProcessedData(validate_frame(train, "train split"), test, meta, scaler)
 
-    def _fit(self, claim: DataClaim, data: ProcessedData) -> FitOutcome:
+    def _fit(self, claim: DataClaim, data: ProcessedData, run_id: str) -> FitOutcome:
         if self._fitted is not None and self._fitted[0] == claim.config_hash:
             log.info(
                 "reusing the model fitted before MLflow failed", extra={"config_hash": claim.config_hash}
             )
             return self._fitted[1]
-        outcome = self.trainer.fit(data.train, data.test, self.settings.INPUT_SEQ_LEN, self.stop)
+        outcome = self.trainer.fit(
+            data.train,
+            data.test,
+            self.settings.INPUT_SEQ_LEN,
+            self.stop,
+            on_epoch=lambda epoch: self._report_epoch(run_id, epoch),
+        )
         self._fitted = (claim.config_hash, outcome)
         return outcome
+
+    def _report_epoch(self, run_id: str, epoch: int) -> None:
+        """Live progress (`epoch`, step = epoch) for whoever watches the run; losses are logged
+        once, with the run. Progress is best effort: a failed call must not fail the training."""
+        try:
+            self.client.log_metric(run_id, "epoch", float(epoch), step=epoch)
+        except Exception as exc:
+            log.warning("could not report epoch progress", extra={"run_id": run_id, "error": str(exc)})
 
     def _train_and_log(self, claim: DataClaim, run_id: str, extra: dict[str, Any]) -> dict[str, float]:
         """Fit, score, log everything and mark the run FINISHED; return the SUCCESS metrics."""
         data = self.load_data(claim)
         started = time.monotonic()
-        outcome = self._fit(claim, data)
+        outcome = self._fit(claim, data, run_id)
         fit_seconds = time.monotonic() - started
         kpis = data.test.loc[:, list(KPI_COLUMNS)].to_numpy(dtype=np.float64)
         actual, baseline = evaluation_rows(kpis, self.settings.INPUT_SEQ_LEN)

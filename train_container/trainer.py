@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from shared.models import save_model
 from shared.settings.train import TrainSettings
 from shared.trainer_service import EpochRecord, FitFailed, FitOutcome, FitStopped
 from shared.training import (
+    EpochLoss,
     NotEnoughData,
     TrainConfig,
     TrainingDiverged,
@@ -68,10 +70,19 @@ class RecurrentTrainer:
         return params
 
     def fit(
-        self, train: pd.DataFrame, test: pd.DataFrame, input_len: int, stop: threading.Event
+        self,
+        train: pd.DataFrame,
+        test: pd.DataFrame,
+        input_len: int,
+        stop: threading.Event,
+        on_epoch: Callable[[int], None] | None = None,
     ) -> FitOutcome:
+        def report(record: EpochLoss) -> None:
+            if on_epoch is not None:
+                on_epoch(record.epoch)
+
         try:
-            result = train_recurrent(train, self.config, stop=stop, device=self.device)
+            result = train_recurrent(train, self.config, stop=stop, device=self.device, on_epoch=report)
         except TrainingStopped as exc:
             raise FitStopped(str(exc)) from exc
         except (TrainingDiverged, NotEnoughData) as exc:
