@@ -180,9 +180,12 @@ def forecast_recurrent_many(
         window_ts = np.asarray(timestamps[-input_seq_len:], dtype="datetime64[ns]")
         all_ts[b, :input_seq_len] = window_ts
         all_ts[b, input_seq_len:] = future_timestamps(window_ts[-1], step, ahead_len)
-        features[b, :input_seq_len, :n_kpi] = (
-            np.asarray(kpis[-input_seq_len:], dtype=np.float64) - lo
-        ) / span
+        # Values far outside the training range overflow float32 to inf; the caller refuses a
+        # non-finite forecast with a 4xx, so the overflow itself is not an error here.
+        with np.errstate(over="ignore"):
+            features[b, :input_seq_len, :n_kpi] = (
+                np.asarray(kpis[-input_seq_len:], dtype=np.float64) - lo
+            ) / span
     features[:, :, n_kpi:] = time_feature_array(all_ts.reshape(-1)).reshape(len(windows), total, -1)
     with torch.inference_mode():
         buffer = torch.from_numpy(features)
