@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from flts_cli.services import ServiceProcess, python_module, stop_all
-from flts_cli.stack import LocalStack, StackConfig, StackError, free_port, venv_bin
+from flts_cli.stack import (
+    LocalStack,
+    PortInUseError,
+    StackConfig,
+    StackError,
+    check_port_free,
+    free_port,
+    venv_bin,
+)
 from flts_cli.watch import EventWatcher
 from shared.events import DataClaim, PromotionPointer, TrainingEvent, TrainingStatus
 from shared.kafka import ensure_topics, wait_for_broker
@@ -290,7 +298,6 @@ class PipelineRun:
             {"INFERENCE_HOST": "127.0.0.1", "INFERENCE_PORT": str(inference_port)},
         )
         # Start watching before anything is triggered; the first group join takes seconds.
-        self.trigger_time = datetime.now(UTC)
         self.watcher = EventWatcher(
             self.env["KAFKA_BOOTSTRAP_SERVERS"],
             {
@@ -298,7 +305,7 @@ class PipelineRun:
                 "model-training": TrainingEvent,
                 "model-selected": PromotionPointer,
             },
-            since=self.trigger_time,
+            since=datetime.now(UTC),
         )
         deadline = time.monotonic() + 120
         pending = {
@@ -526,7 +533,7 @@ class PipelineRun:
             self.progress.done(stage)
 
     def _keep_running(self) -> None:
-        web_port = 8089 if _port_free(8089) else free_port()
+        web_port = 8089 if _port_is_free(8089) else free_port()
         argv = [
             venv_bin("locust"),
             "-f",
@@ -590,12 +597,9 @@ def _http_json(url: str) -> dict[str, Any] | None:
         return None
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+def _port_is_free(port: int) -> bool:
+    try:
+        check_port_free(port, "the Locust web UI")
+    except PortInUseError:
+        return False
     return True

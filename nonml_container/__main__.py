@@ -7,7 +7,7 @@ import sys
 import threading
 
 from nonml_container.trainer import ProphetTrainer
-from shared.kafka import RetriesExhausted, TransientError, install_stop_handlers
+from shared.kafka import install_stop_handlers
 from shared.logging import configure_logging
 from shared.settings import load_settings
 from shared.settings.train import ProphetSettings
@@ -23,13 +23,7 @@ def main() -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
     log.info("starting", extra={"model_type": "PROPHET", "workers": settings.PROPHET_WORKERS})
-    try:
-        run_trainer(settings, ProphetTrainer(settings), service, stop)
-    except (RetriesExhausted, TransientError) as exc:
-        log.error("giving up; exiting so the orchestrator restarts us", extra={"error": str(exc)})
-        return 1
-    log.info("stopped")
-    return 0
+    return run_trainer(settings, ProphetTrainer(settings), service, stop)
 
 
 if __name__ == "__main__":

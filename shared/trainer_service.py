@@ -48,6 +48,7 @@ from shared.kafka import (
     EventProducer,
     MessageContext,
     PoisonMessage,
+    RetriesExhausted,
     ShutdownRequested,
     TransientError,
     ensure_topics,
@@ -517,7 +518,21 @@ def _json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
-def run_trainer(
+def run_trainer(settings: TrainerSettings, trainer: ModelTrainer, service: str, stop: threading.Event) -> int:
+    """Consume claims until `stop`; return the process exit code.
+
+    Infrastructure that stays unreachable past the bounded waits and retries ends the process
+    with 1, uncommitted, so the orchestrator restarts it and the claim is delivered again."""
+    try:
+        _consume_claims(settings, trainer, service, stop)
+    except (RetriesExhausted, TransientError) as exc:
+        log.error("giving up; exiting so the orchestrator restarts us", extra={"error": str(exc)})
+        return 1
+    log.info("stopped")
+    return 0
+
+
+def _consume_claims(
     settings: TrainerSettings, trainer: ModelTrainer, service: str, stop: threading.Event
 ) -> None:
     """Connect to Kafka, S3 and MLflow (bounded waits), then consume claims until `stop`."""

@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 
-from shared.kafka import RetriesExhausted, TransientError, install_stop_handlers
+from shared.kafka import install_stop_handlers
 from shared.logging import configure_logging
 from shared.settings import load_settings
 from shared.settings.train import TrainSettings
@@ -28,13 +28,7 @@ def main() -> int:
         "starting",
         extra={"model_type": settings.MODEL_TYPE, "device": str(trainer.device), "threads": threads},
     )
-    try:
-        run_trainer(settings, trainer, service, stop)
-    except (RetriesExhausted, TransientError) as exc:
-        log.error("giving up; exiting so the orchestrator restarts us", extra={"error": str(exc)})
-        return 1
-    log.info("stopped")
-    return 0
+    return run_trainer(settings, trainer, service, stop)
 
 
 if __name__ == "__main__":
