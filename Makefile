@@ -19,9 +19,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP) ## create .venv and install the project with pinned dependencies
 
-test: $(STAMP) ## run lint and every test tier (unit, integration, e2e, k8s)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+test: lint ## run lint, type checks and every test tier (unit, integration, e2e, k8s)
 	$(BIN)/pytest -q
 
 test-unit: $(STAMP) ## unit tests only (no services)
@@ -30,9 +28,10 @@ test-unit: $(STAMP) ## unit tests only (no services)
 test-integration: $(STAMP) ## integration tests against real broker, S3 and MLflow
 	$(BIN)/pytest -q tests/integration
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff lint, format check and mypy (the same checks as the pre-commit hooks)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 format: $(STAMP) ## apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix .

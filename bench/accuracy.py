@@ -1,8 +1,8 @@
 """Accuracy bench: GRU and LSTM on the full PobleSec split against persistence.
 
-Runs the pipeline's own code path without Kafka or MLflow: shared.preprocessing.prepare_splits
-(the preprocess job's cleaning, scaler and time features), shared.training.train_recurrent with
-the trainer's default settings (TrainConfig defaults mirror TrainSettings), and shared.metrics on
+Runs the pipeline's own code path without Kafka or MLflow: preprocess_container.preprocessing.prepare_splits
+(the preprocess job's cleaning, scaler and time features), train_container.training.train_recurrent with
+the trainer's default settings (TrainConfig defaults mirror TrainSettings), and shared.accuracy on
 PobleSec_test rows INPUT_SEQ_LEN..N-1. Prints, per model and seed, RMSE on `down` and `up` in
 original units, the persistence RMSE on the same rows, the relative difference and the training
 seconds; then the mean of the seeds and whether the bar is met
@@ -24,10 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from preprocess_container.preprocessing import PreprocessOptions, prepare_splits, read_raw_csv  # noqa: E402
+from shared.accuracy import evaluation_rows, forecast_metrics, relative_improvement  # noqa: E402
 from shared.data import KPI_COLUMNS  # noqa: E402
-from shared.metrics import evaluation_rows, forecast_metrics, relative_improvement  # noqa: E402
-from shared.preprocessing import PreprocessOptions, prepare_splits, read_raw_csv  # noqa: E402
-from shared.training import TrainConfig, one_step_predictions, pick_device, train_recurrent  # noqa: E402
+from train_container.training import TrainConfig, one_step_predictions, pick_device, train_recurrent  # noqa: E402
 
 BAR = {"down": 0.10, "up": 0.14}
 MAX_TRAIN_SECONDS = 120.0

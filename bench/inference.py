@@ -4,7 +4,7 @@ One run, one machine, loopback:
 1. start the embedded stack (broker, S3, MLflow) on free ports;
 2. log one GRU run the way the trainer does (`GRU/`, `scaler/`, `preprocess/`) and, into the same
    run, an MLflow pyfunc model wrapping the same weights and the same forecasting code
-   (shared.forecasting), so both servers do the same work per request: parse a window of 10
+   (shared.model_runtime.forecasting), so both servers do the same work per request: parse a window of 10
    real rows, scale, add time features, one forward pass, unscale;
 3. serve it with `python -m inference_container` (WORKERS processes on one socket) after a
    promotion pointer, and with `mlflow models serve --env-manager local`;
@@ -48,7 +48,7 @@ from flts_cli.stack import LocalStack, StackConfig, free_port
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler
 from shared.events import ModelType, PromotionPointer
 from shared.mlflow_utils import ensure_experiment
-from shared.models import ModelSpec, build_model, save_model
+from shared.model_runtime.networks import ModelSpec, build_model, save_model
 from shared.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,8 +65,8 @@ class WindowForecaster(mlflow.pyfunc.PythonModel):
         import torch
 
         from shared.data import MinMaxScaler
-        from shared.forecasting import RecurrentForecast
-        from shared.models import load_model
+        from shared.model_runtime.forecasting import RecurrentForecast
+        from shared.model_runtime.networks import load_model
 
         torch.set_num_threads(1)
         model = load_model(Path(context.artifacts["model_dir"]))

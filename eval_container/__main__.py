@@ -6,10 +6,10 @@ import sys
 import threading
 
 from eval_container.app import run
+from eval_container.settings import EvaluatorSettings
 from shared.kafka import install_stop_handlers
 from shared.logging import configure_logging
 from shared.settings import load_settings
-from shared.settings.evaluator import EvaluatorSettings
 
 
 def main() -> int:

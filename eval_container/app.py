@@ -7,6 +7,7 @@ import threading
 
 from eval_container.health import HealthState, start_health_server
 from eval_container.service import Evaluator
+from eval_container.settings import EvaluatorSettings
 from shared.events import TrainingEvent, dlq_topic
 from shared.kafka import (
     ConsumerLoop,
@@ -17,7 +18,6 @@ from shared.kafka import (
     wait_for_broker,
 )
 from shared.mlflow_utils import configure_mlflow_client, connect, mlflow_answers, wait_for_mlflow
-from shared.settings.evaluator import EvaluatorSettings
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -25,20 +25,19 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
+from eval_container.settings import EvaluatorSettings
 from shared import promotion
 from shared.events import ModelType, PromotionPointer, TrainingEvent, TrainingStatus
 from shared.kafka import EventProducer, MessageContext, PoisonMessage, TransientError
-from shared.mlflow_utils import experiment_for, find_runs
+from shared.mlflow_utils import experiment_for, find_runs, mlflow_unreachable
 from shared.promotion import PendingHash
 from shared.scoring import Candidate, build_pointer, latest_per_type, missing_metrics, rank, skill_gate
-from shared.settings.evaluator import EvaluatorSettings
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 # Server answers meaning "this request can never succeed"; anything else from MLflow is treated
 # as infrastructure trouble and retried.
-_PERMANENT_MLFLOW_CODES = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "BAD_REQUEST"}
 T = TypeVar("T")
 IDLE_CHECK_INTERVAL_S = 1.0
 IDLE_ERROR_BACKOFF_S = 30.0
@@ -304,13 +303,13 @@ class Evaluator:
                 "registry alias moved",
                 extra={**extra, "registered_model": name, "alias": alias, "version": version.version},
             )
-        except RestException as exc:
+        except MlflowException as exc:
+            if mlflow_unreachable(exc):
+                raise TransientError(f"MLflow registry unreachable: {exc}") from exc
             log.error(
                 "could not move the registry alias; the promotion pointer stands",
                 extra={**extra, "registered_model": name, "error": str(exc)},
             )
-        except MlflowException as exc:
-            raise TransientError(f"MLflow registry unreachable: {exc}") from exc
 
     # ------------------------------------------------------------------ pending state
     def _pending_for(self, config_hash: str, identifier: str) -> PendingHash:
@@ -353,9 +352,7 @@ def _mlflow(call: Callable[[], T]) -> T:
     """Run an MLflow call, mapping its errors onto the consumer loop's error policy."""
     try:
         return call()
-    except RestException as exc:
-        if exc.error_code in _PERMANENT_MLFLOW_CODES:
-            raise PoisonMessage(f"MLflow: {exc.message}") from exc
-        raise TransientError(f"MLflow answered {exc.error_code}: {exc.message}") from exc
     except MlflowException as exc:
-        raise TransientError(f"MLflow unreachable: {exc}") from exc
+        if mlflow_unreachable(exc):
+            raise TransientError(f"MLflow unreachable: {exc}") from exc
+        raise PoisonMessage(f"MLflow refused: {exc.message}") from exc

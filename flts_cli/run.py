@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from flts_cli.services import ServiceProcess, python_module, stop_all
+from flts_cli.settings import RunnerSettings
 from flts_cli.stack import (
     LocalStack,
     PortInUseError,
@@ -38,7 +39,6 @@ from shared.kafka import ensure_topics, wait_for_broker
 from shared.mlflow_utils import configure_mlflow_client, connect, wait_for_mlflow
 from shared.promotion import list_history, load_history
 from shared.settings import load_settings
-from shared.settings.runner import RunnerSettings
 from shared.storage import ObjectStore
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from confluent_kafka import Consumer
 from pydantic import BaseModel
 
-from shared.kafka import PoisonMessage, decode
+from shared.kafka import PoisonMessage, decode, make_consumer
 
 
 class EventWatcher:
@@ -17,17 +16,8 @@ class EventWatcher:
     def __init__(self, bootstrap: str, topics: dict[str, type[BaseModel]], since: datetime) -> None:
         self.topics = topics
         self.since = since
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"flts-run-watch-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": 10000,
-                "fetch.wait.max.ms": 10,
-                "topic.metadata.refresh.interval.ms": 5000,
-            }
-        )
+        group_id = f"flts-run-watch-{uuid.uuid4().hex[:8]}"
+        self._consumer = make_consumer(bootstrap, group_id=group_id, client_id=group_id, fetch_wait_max_ms=10)
         self._consumer.subscribe(list(topics))
 
     def poll(self, timeout_s: float) -> tuple[str, BaseModel] | None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sys
 
 from inference_container.server import bind_socket, serve, supervise, worker_socket
+from inference_container.settings import InferenceSettings
 from shared.logging import configure_logging
 from shared.settings import load_settings
-from shared.settings.inference import InferenceSettings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from inference_container.inference_log import InferenceLogWriter
 from inference_container.lifecycle import ModelManager
-from inference_container.metrics import ServiceMetrics
 from inference_container.openapi import predict_openapi
 from inference_container.predict import PredictHandler, Reply, error_body
-from shared.settings.inference import InferenceSettings
+from inference_container.settings import InferenceSettings
+from inference_container.telemetry import ServiceMetrics
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from inference_container.metrics import ServiceMetrics
+from inference_container.telemetry import ServiceMetrics
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)

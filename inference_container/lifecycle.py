@@ -32,13 +32,21 @@ import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from mlflow.tracking import MlflowClient
 
-from inference_container.metrics import ServiceMetrics
+from inference_container.settings import InferenceSettings
+from inference_container.telemetry import ServiceMetrics
 from shared.data import KPI_COLUMNS, STEP, MinMaxScaler
 from shared.events import ModelType, PromotionPointer
-from shared.forecasting import Forecast, RecurrentForecast, TimestampForecast
-from shared.kafka import EventProducer, PoisonMessage, TransientError, decode, ensure_topics, send_to_dlq
-from shared.models import load_model
-from shared.settings.inference import InferenceSettings
+from shared.kafka import (
+    EventProducer,
+    PoisonMessage,
+    TransientError,
+    decode,
+    ensure_topics,
+    make_consumer,
+    send_to_dlq,
+)
+from shared.model_runtime.forecasting import Forecast, RecurrentForecast, TimestampForecast
+from shared.model_runtime.networks import load_model
 from shared.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -112,7 +120,7 @@ def load_serving_model(
         forecast: Forecast
         if pointer.model_type == ModelType.PROPHET:
             # Imported here: Prophet is heavy and only needed when a Prophet model wins.
-            from shared.prophet_model import load_prophet_forecaster
+            from shared.model_runtime.prophet import load_prophet_forecaster
 
             input_len = _run_input_seq_len(client, pointer.run_id, fallback_input_seq_len)
             forecast = TimestampForecast(load_prophet_forecaster(model_dir), scaler, input_len, step)
@@ -385,22 +393,15 @@ class ModelManager:
             ensure_topics(settings.KAFKA_BOOTSTRAP_SERVERS, [topic], timeout_s=5.0)
         except Exception as exc:  # the broker may be down; the consumer reconnects by itself
             log.warning("cannot ensure the promotion topic", extra={"topic": topic, "error": str(exc)})
-        consumer = Consumer(
-            {
-                "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-                # A group per replica: every replica must see every promotion.
-                "group.id": self.group_id,
-                "client.id": self.group_id,
-                "enable.auto.commit": False,
-                # The S3 pointer covers what happened before this replica started.
-                "auto.offset.reset": "latest",
-                "session.timeout.ms": settings.KAFKA_SESSION_TIMEOUT_MS,
-                "heartbeat.interval.ms": max(500, settings.KAFKA_SESSION_TIMEOUT_MS // 5),
-                "fetch.wait.max.ms": settings.KAFKA_FETCH_WAIT_MAX_MS,
-                "topic.metadata.refresh.interval.ms": 5000,
-                # librdkafka's own messages (connection refused, ...) as JSON log lines, not raw stderr.
-                "logger": logging.getLogger("inference_container.kafka"),
-            }
+        # A group per replica: every replica must see every promotion. "latest": the S3 pointer
+        # covers what happened before this replica started.
+        consumer = make_consumer(
+            settings.KAFKA_BOOTSTRAP_SERVERS,
+            group_id=self.group_id,
+            client_id=self.group_id,
+            auto_offset_reset="latest",
+            session_timeout_ms=settings.KAFKA_SESSION_TIMEOUT_MS,
+            fetch_wait_max_ms=settings.KAFKA_FETCH_WAIT_MAX_MS,
         )
 
         def on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:

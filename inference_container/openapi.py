@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from inference_container.settings import InferenceSettings
 from shared.data import KPI_COLUMNS
-from shared.settings.inference import InferenceSettings
 
 # The first ten rows of data/PobleSec_test.csv (Barcelona LTE, 2-minute steps): a real window.
 EXAMPLE_ROWS: tuple[tuple[Any, ...], ...] = (

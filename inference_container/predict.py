@@ -26,10 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from inference_container.batching import MicroBatcher
 from inference_container.inference_log import InferenceLogWriter
 from inference_container.lifecycle import ModelManager, ServingModel
-from inference_container.metrics import ServiceMetrics
+from inference_container.settings import InferenceSettings
+from inference_container.telemetry import ServiceMetrics
 from inference_container.validation import Limits, RequestError, parse_json, parse_predict_request
 from shared.data import KPI_COLUMNS
-from shared.settings.inference import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import time
 import uvicorn
 
 from inference_container.app import create_app
+from inference_container.settings import InferenceSettings
 from shared.mlflow_utils import configure_mlflow_client
-from shared.settings.inference import InferenceSettings
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ import logging
 import sys
 import threading
 
+from nonml_container.settings import ProphetSettings
 from nonml_container.trainer import ProphetTrainer
 from shared.kafka import install_stop_handlers
 from shared.logging import configure_logging
 from shared.settings import load_settings
-from shared.settings.train import ProphetSettings
 from shared.trainer_service import run_trainer
 
 log = logging.getLogger("nonml_container")

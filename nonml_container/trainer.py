@@ -10,17 +10,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nonml_container.fitting import ProphetOptions, ProphetStopped, fit_prophet_models
+from nonml_container.settings import ProphetSettings
+from shared.accuracy import mse
 from shared.data import KPI_COLUMNS
 from shared.events import ModelType
-from shared.metrics import mse
-from shared.prophet_model import (
-    ProphetForecaster,
-    ProphetOptions,
-    ProphetStopped,
-    fit_prophet_models,
-    save_prophet_models,
-)
-from shared.settings.train import ProphetSettings
+from shared.model_runtime.prophet import ProphetForecaster, save_prophet_models
 from shared.trainer_service import EpochRecord, FitFailed, FitOutcome, FitStopped
 
 

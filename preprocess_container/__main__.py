@@ -17,10 +17,10 @@ from preprocess_container.job import (
     execute,
     wait_for_store,
 )
+from preprocess_container.settings import PreprocessSettings
 from shared.kafka import EventProducer, wait_for_broker
 from shared.logging import configure_logging
 from shared.settings import SettingsError, load_settings
-from shared.settings.preprocess import PreprocessSettings
 from shared.storage import ObjectStore
 
 log = logging.getLogger("preprocess_container")

@@ -5,7 +5,7 @@ One run:
    from DATA_DIR when the bucket lacks them), then read them back: the bucket is the source of truth;
 2. digest the bytes and compute `config_hash` (settings + EXTRA_HASH_SALT + source digests);
 3. if `processed-data/<hash>/meta.json` and both Parquet objects exist, reuse them; otherwise clean,
-   scale and sample (shared.preprocessing), write train.parquet and test.parquet, then meta.json
+   scale and sample (preprocess_container.preprocessing), write train.parquet and test.parquet, then meta.json
    last, so meta.json existing means the set is complete;
 4. publish the claim on `training-data` and on `inference-data` (key = config_hash), only after the
    objects are written.
@@ -29,10 +29,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.data import FEATURE_COLUMNS
-from shared.events import DataClaim, DeadLetter, dlq_topic
-from shared.kafka import TRANSIENT_ERRORS, EventProducer, TransientError, ensure_topics
-from shared.preprocessing import (
+from preprocess_container.preprocessing import (
     STEP_SECONDS,
     DataProblem,
     config_hash,
@@ -42,7 +39,10 @@ from shared.preprocessing import (
     read_raw_csv,
     repair_count,
 )
-from shared.settings.preprocess import PreprocessSettings
+from preprocess_container.settings import PreprocessSettings
+from shared.data import FEATURE_COLUMNS
+from shared.events import DataClaim, DeadLetter, dlq_topic
+from shared.kafka import TRANSIENT_ERRORS, EventProducer, TransientError, ensure_topics
 from shared.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, ValidationError
 
 from shared.events import SCHEMA_VERSION, DeadLetter, dlq_topic, to_json_bytes
+from shared.retry import Backoff, RetryStopped
 
 if TYPE_CHECKING:
     from shared.settings.base import BaseServiceSettings
@@ -65,6 +66,53 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_CLIENT_LOG = logging.getLogger("librdkafka")
+
+
+def _on_client_error(error: KafkaError) -> None:
+    # Without an error_cb librdkafka writes these (broker down, all brokers down) to stderr
+    # as plain text; here they become JSON log lines like everything else.
+    _CLIENT_LOG.warning("kafka client error", extra={"error": str(error), "code": error.name()})
+
+
+def client_config(bootstrap: str, client_id: str) -> dict[str, Any]:
+    """What every client (consumer, producer, admin) of this project is configured with."""
+    return {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        "logger": _CLIENT_LOG,
+        "error_cb": _on_client_error,
+    }
+
+
+def make_consumer(
+    bootstrap: str,
+    *,
+    group_id: str,
+    client_id: str,
+    auto_offset_reset: str = "earliest",
+    session_timeout_ms: int = 10000,
+    max_poll_interval_ms: int = 900000,
+    fetch_wait_max_ms: int = 100,
+) -> Consumer:
+    """A consumer that never commits by itself: every caller commits (or not) after its work."""
+    return Consumer(
+        {
+            **client_config(bootstrap, client_id),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": auto_offset_reset,
+            "session.timeout.ms": session_timeout_ms,
+            "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
+            "max.poll.interval.ms": max_poll_interval_ms,
+            "fetch.wait.max.ms": fetch_wait_max_ms,
+            "topic.metadata.refresh.interval.ms": 5000,
+            "fetch.message.max.bytes": MAX_PAYLOAD_BYTES * 2,
+        }
+    )
+
+
 def ensure_topics(
     bootstrap: str,
     topics: Iterable[str],
@@ -73,7 +121,7 @@ def ensure_topics(
 ) -> None:
     """Create `topics` if missing. Creating up front matters: a consumer subscribed before its
     topic exists may not see it for minutes on this broker."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap, "flts-admin"))
     wanted = sorted(set(topics))
     futures = admin.create_topics(
         [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted],
@@ -91,7 +139,7 @@ def ensure_topics(
 
 def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
     """Return once the broker answers a metadata request; raise TransientError after timeout_s."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap, "flts-admin"))
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -114,8 +162,7 @@ class EventProducer:
     def __init__(self, bootstrap: str, client_id: str) -> None:
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
-                "client.id": client_id,
+                **client_config(bootstrap, client_id),
                 "acks": "all",
                 "enable.idempotence": False,
                 "linger.ms": 2,
@@ -249,25 +296,17 @@ class ConsumerLoop:
         self.producer = producer
         self.stop = stop
         self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.backoff = Backoff(backoff_s, max_backoff_s)
         self.on_idle = on_idle
         self.group_id = group_id
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group_id,
-                "client.id": f"{service}-{group_id}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": auto_offset_reset,
-                "session.timeout.ms": session_timeout_ms,
-                "heartbeat.interval.ms": max(500, session_timeout_ms // 5),
-                "max.poll.interval.ms": max_poll_interval_ms,
-                "fetch.wait.max.ms": fetch_wait_max_ms,
-                "topic.metadata.refresh.interval.ms": 5000,
-                "fetch.message.max.bytes": MAX_PAYLOAD_BYTES * 2,
-            }
+        self._consumer = make_consumer(
+            bootstrap,
+            group_id=group_id,
+            client_id=f"{service}-{group_id}",
+            auto_offset_reset=auto_offset_reset,
+            session_timeout_ms=session_timeout_ms,
+            max_poll_interval_ms=max_poll_interval_ms,
+            fetch_wait_max_ms=fetch_wait_max_ms,
         )
         self._closed = False
         self._last_error = ""
@@ -369,17 +408,18 @@ class ConsumerLoop:
                         extra={**ctx.log_extra(), "error": str(exc), "attempts": attempt},
                     )
                     raise RetriesExhausted(str(exc)) from exc
-                delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
                 log.warning(
                     "transient error; retrying",
                     extra={
                         **ctx.log_extra(),
                         "error": str(exc),
                         "attempt": attempt,
-                        "delay": delay,
+                        "delay": self.backoff.delay(attempt),
                     },
                 )
-                if self.stop.wait(delay):
+                try:
+                    self.backoff.wait(attempt, self.stop)
+                except RetryStopped:
                     return "stop"
             except Exception as exc:
                 log.exception("handler failed on this message", extra=ctx.log_extra())

@@ -9,6 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import requests
+
 from shared.kafka import TransientError
 
 if TYPE_CHECKING:
@@ -38,6 +40,37 @@ def configure_mlflow_client(timeout_s: int = 20, max_retries: int = 1) -> None:
 
     # mlflow set its telemetry client up when it was imported; this re-reads the variable.
     set_telemetry_client()
+
+
+def mlflow_unreachable(exc: BaseException) -> bool:
+    """The one classification of MLflow errors: True when `exc` is worth retrying.
+
+    That is: the tracking server could not be reached, timed out, or answered with a gateway
+    status. Anything else (a refused request, an unknown run) is an answer and will not change.
+    """
+    if isinstance(exc, ConnectionError | TimeoutError | requests.ConnectionError | requests.Timeout):
+        return True
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        # A generic MlflowException says INTERNAL_ERROR even for our own bad calls, so only the
+        # transport's own words (and gateway statuses) count as "unreachable".
+        if exc.error_code == "TEMPORARILY_UNAVAILABLE":
+            return True
+        text = str(exc)
+        return any(
+            marker in text
+            for marker in (
+                "Max retries exceeded",
+                "Connection refused",
+                "ConnectionError",
+                "timed out",
+                "error code 502",
+                "error code 503",
+                "error code 504",
+            )
+        )
+    return False
 
 
 def experiment_for(model_type: str) -> str:

@@ -36,11 +36,10 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import pandas as pd
 import pyarrow
-import requests
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from shared.accuracy import evaluation_rows, forecast_metrics
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler
 from shared.events import DataClaim, ModelType, TrainingEvent, TrainingStatus, dlq_topic
 from shared.kafka import (
@@ -54,17 +53,18 @@ from shared.kafka import (
     ensure_topics,
     wait_for_broker,
 )
-from shared.metrics import evaluation_rows, forecast_metrics
 from shared.mlflow_utils import (
     configure_mlflow_client,
     connect,
     ensure_experiment,
     experiment_for,
     find_runs,
+    mlflow_unreachable,
     wait_for_mlflow,
 )
 from shared.plots import plot_forecast, plot_loss_curve
-from shared.settings.train import TrainerSettings
+from shared.retry import Backoff, RetryBudgetExhausted, RetryStopped, retry_call
+from shared.settings.trainer import TrainerSettings
 from shared.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -131,31 +131,6 @@ class ProcessedData:
     scaler: MinMaxScaler
 
 
-def mlflow_unreachable(exc: BaseException) -> bool:
-    """True when `exc` means the tracking server could not be reached or answered 5xx."""
-    if isinstance(exc, ConnectionError | TimeoutError | requests.ConnectionError | requests.Timeout):
-        return True
-    if isinstance(exc, MlflowException):
-        # A generic MlflowException says INTERNAL_ERROR even for our own bad calls, so only the
-        # transport's own words (and gateway statuses) count as "unreachable".
-        if exc.error_code == "TEMPORARILY_UNAVAILABLE":
-            return True
-        text = str(exc)
-        return any(
-            marker in text
-            for marker in (
-                "Max retries exceeded",
-                "Connection refused",
-                "ConnectionError",
-                "timed out",
-                "error code 502",
-                "error code 503",
-                "error code 504",
-            )
-        )
-    return False
-
-
 def validate_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Check the processed-data contract; raise PoisonMessage naming what is wrong."""
     if list(frame.columns) != list(FEATURE_COLUMNS):
@@ -199,25 +174,19 @@ class TrainerService:
     # -- MLflow with bounded retry ------------------------------------------------------------
 
     def mlflow_call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        attempts = self.settings.MLFLOW_MAX_RETRIES + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if not mlflow_unreachable(exc):
-                    raise
-                if attempt == attempts:
-                    raise TransientError(
-                        f"MLflow unreachable during {what} after {attempts} attempts: {exc}"
-                    ) from exc
-                delay = self.settings.MLFLOW_RETRY_BACKOFF_S * 2 ** (attempt - 1)
-                log.warning(
-                    "MLflow call failed; retrying",
-                    extra={"call": what, "attempt": attempt, "delay": delay, "error": str(exc)[:300]},
-                )
-                if self.stop.wait(delay):
-                    raise ShutdownRequested(f"stop requested while retrying {what}") from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return retry_call(
+                lambda: fn(*args, **kwargs),
+                what=f"MLflow {what}",
+                retryable=mlflow_unreachable,
+                attempts=self.settings.MLFLOW_MAX_RETRIES + 1,
+                backoff=Backoff(self.settings.MLFLOW_RETRY_BACKOFF_S),
+                stop=self.stop,
+            )
+        except RetryBudgetExhausted as exc:
+            raise TransientError(f"MLflow unreachable during {what}: {exc}") from exc
+        except RetryStopped as exc:
+            raise ShutdownRequested(f"stop requested while retrying {what}") from exc
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:

@@ -9,8 +9,8 @@ import threading
 from shared.kafka import install_stop_handlers
 from shared.logging import configure_logging
 from shared.settings import load_settings
-from shared.settings.train import TrainSettings
 from shared.trainer_service import run_trainer
+from train_container.settings import TrainSettings
 from train_container.trainer import RecurrentTrainer, configure_torch_threads
 
 log = logging.getLogger("train_container")

@@ -1,4 +1,4 @@
-"""The GRU/LSTM part of the trainer: settings -> TrainConfig -> shared.training."""
+"""The GRU/LSTM part of the trainer: settings -> TrainConfig -> train_container.training."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 
 from shared.events import ModelType
-from shared.models import save_model
-from shared.settings.train import TrainSettings
+from shared.model_runtime.networks import save_model
 from shared.trainer_service import EpochRecord, FitFailed, FitOutcome, FitStopped
-from shared.training import (
+from train_container.settings import TrainSettings
+from train_container.training import (
     EpochLoss,
     NotEnoughData,
     TrainConfig,
@@ -56,7 +56,7 @@ def configure_torch_threads(requested: int) -> int:
 
 
 class RecurrentTrainer:
-    """Fits the GRU or LSTM named by MODEL_TYPE with shared.training (the bench's code path)."""
+    """Fits the GRU or LSTM named by MODEL_TYPE with train_container.training (the bench's code path)."""
 
     def __init__(self, settings: TrainSettings) -> None:
         self.config = config_from_settings(settings)

@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from flts_cli.stack import StackConfig, free_port
 from inference_container.app import create_app
+from inference_container.settings import InferenceSettings
 from shared.data import KPI_COLUMNS
-from shared.settings.inference import InferenceSettings
 from shared.storage import ObjectStore
 from tests.integration.test_inference_support import (
     LoggedModel,

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from flts_cli.stack import StackConfig
 from inference_container.app import create_app
+from inference_container.settings import InferenceSettings
 from shared.data import KPI_COLUMNS
-from shared.settings.inference import InferenceSettings
 from shared.storage import ObjectStore
 from tests.integration.test_inference_support import log_model_run, make_pointer, wait_until, write_pointer
 

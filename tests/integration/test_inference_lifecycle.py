@@ -21,9 +21,9 @@ import pytest
 
 from flts_cli.stack import StackConfig, free_port
 from inference_container.lifecycle import ModelManager, ServingModel
+from inference_container.settings import InferenceSettings
 from shared.events import PromotionPointer
 from shared.kafka import EventProducer, ensure_topics
-from shared.settings.inference import InferenceSettings
 from tests.integration.test_inference_support import (
     LoggedModel,
     load_test_split,

@@ -17,10 +17,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from flts_cli.stack import StackConfig
 from preprocess_container.job import EXIT_OK, EXIT_REFUSED, ensure_job_topics, execute
+from preprocess_container.settings import PreprocessSettings
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS
 from shared.events import DataClaim, DeadLetter, dlq_topic
 from shared.kafka import EventProducer
-from shared.settings.preprocess import PreprocessSettings
 from shared.storage import ObjectStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -22,11 +22,11 @@ from confluent_kafka import Consumer
 from mlflow.tracking import MlflowClient
 
 from flts_cli.stack import StackConfig
+from preprocess_container.preprocessing import PreprocessOptions, prepare_splits, read_raw_csv
 from shared.data import FEATURE_COLUMNS
 from shared.events import DataClaim, DeadLetter, TrainingEvent, TrainingStatus, dlq_topic
 from shared.kafka import EventProducer, ensure_topics
 from shared.mlflow_utils import find_runs
-from shared.preprocessing import PreprocessOptions, prepare_splits, read_raw_csv
 from shared.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parents[2]

@@ -44,7 +44,7 @@ def _port_number(container: dict[str, Any], port: int | str) -> int:
 
 def test_inference_port_and_probe_paths_are_served_by_the_fastapi_app(rendered: list[Resource]) -> None:
     from inference_container.app import create_app
-    from shared.settings.inference import InferenceSettings
+    from inference_container.settings import InferenceSettings
 
     container = _only_container(rendered, "inference")
     env = _literal_env(container)
@@ -76,7 +76,7 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
 
 def test_evaluator_probes_hit_its_health_server_on_health_port(rendered: list[Resource]) -> None:
     from eval_container.health import HealthState, start_health_server
-    from shared.settings.evaluator import EvaluatorSettings
+    from eval_container.settings import EvaluatorSettings
 
     container = _only_container(rendered, "evaluator")
     settings = settings_from(EvaluatorSettings, {**OFFLINE, **_literal_env(container)})

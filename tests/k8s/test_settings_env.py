@@ -13,13 +13,13 @@ from tests.k8s.manifests import Resource, Workload, config_maps, env_names, find
 
 # (kind, name, container) → the settings class its entrypoint loads.
 SERVICES = {
-    ("Job", "preprocess", "preprocess"): "shared.settings.preprocess:PreprocessSettings",
-    ("CronJob", "preprocess", "preprocess"): "shared.settings.preprocess:PreprocessSettings",
-    ("Deployment", "train-gru", "trainer"): "shared.settings.train:TrainSettings",
-    ("Deployment", "train-lstm", "trainer"): "shared.settings.train:TrainSettings",
-    ("Deployment", "train-prophet", "trainer"): "shared.settings.train:ProphetSettings",
-    ("Deployment", "evaluator", "evaluator"): "shared.settings.evaluator:EvaluatorSettings",
-    ("Deployment", "inference", "inference"): "shared.settings.inference:InferenceSettings",
+    ("Job", "preprocess", "preprocess"): "preprocess_container.settings:PreprocessSettings",
+    ("CronJob", "preprocess", "preprocess"): "preprocess_container.settings:PreprocessSettings",
+    ("Deployment", "train-gru", "trainer"): "train_container.settings:TrainSettings",
+    ("Deployment", "train-lstm", "trainer"): "train_container.settings:TrainSettings",
+    ("Deployment", "train-prophet", "trainer"): "nonml_container.settings:ProphetSettings",
+    ("Deployment", "evaluator", "evaluator"): "eval_container.settings:EvaluatorSettings",
+    ("Deployment", "inference", "inference"): "inference_container.settings:InferenceSettings",
 }
 
 

@@ -143,7 +143,8 @@ def test_each_workload_has_its_own_service_account(
 
 
 def test_grace_periods_match_the_work(all_workloads: list[Workload]) -> None:
-    from shared.settings.train import ProphetSettings, TrainSettings
+    from nonml_container.settings import ProphetSettings
+    from train_container.settings import TrainSettings
 
     grace = {w.name: w.pod_spec.get("terminationGracePeriodSeconds", 30) for w in all_workloads}
     # SIGTERM finishes the message in hand: the longest training the settings allow, then MLflow

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from shared.preprocessing import (
+from preprocess_container.preprocessing import (
     PreprocessOptions,
     canonical_json,
     config_hash,
     content_digest,
     hash_config,
 )
+from preprocess_container.settings import PreprocessSettings
 from shared.settings.base import BaseServiceSettings
-from shared.settings.preprocess import PreprocessSettings
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 DIGESTS = {"PobleSec.csv": content_digest(b"train bytes"), "PobleSec_test.csv": content_digest(b"test")}

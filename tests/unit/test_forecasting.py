@@ -1,4 +1,4 @@
-"""shared.forecasting: the same numbers as the training-time feature path, recursion, Prophet path."""
+"""shared.model_runtime.forecasting: same numbers as the training feature path, recursion, Prophet."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler, time_features
-from shared.forecasting import (
+from shared.model_runtime.forecasting import (
     RecurrentForecast,
     TimestampForecast,
     forecast_recurrent,
     future_timestamps,
     time_feature_array,
 )
-from shared.models import ModelSpec, build_model
+from shared.model_runtime.networks import ModelSpec, build_model
 
 STEP = np.timedelta64(120, "s")
 

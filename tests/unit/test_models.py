@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.models import (
+from shared.model_runtime.networks import (
     SPEC_FILE,
     WEIGHTS_FILE,
     ModelSpec,

@@ -1,4 +1,4 @@
-"""Cleaning, repairs, refusals, sampling, scaling and time features of shared.preprocessing."""
+"""Cleaning, repairs, refusals, sampling, scaling and time features of preprocess_container.preprocessing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, TIME_FEATURES, MinMaxScaler
-from shared.preprocessing import (
+from preprocess_container.preprocessing import (
     DataProblem,
     PreprocessOptions,
     clean_split,
@@ -22,6 +21,7 @@ from shared.preprocessing import (
     sample_rows,
     validate_processed,
 )
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, TIME_FEATURES, MinMaxScaler
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 START = pd.Timestamp("2018-02-05 00:00:00")

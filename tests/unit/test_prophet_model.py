@@ -10,20 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nonml_container.fitting import ProphetOptions, ProphetStopped, fit_frame, fit_one_kpi, fit_prophet_models
+from shared.accuracy import evaluation_rows
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, make_windows, time_features
-from shared.metrics import evaluation_rows
-from shared.prophet_model import (
+from shared.model_runtime.prophet import (
     MANIFEST_FILE,
     ProphetForecaster,
-    ProphetOptions,
-    ProphetStopped,
-    fit_frame,
-    fit_one_kpi,
-    fit_prophet_models,
     load_prophet_forecaster,
     save_prophet_models,
 )
-from shared.training import frame_arrays
+from train_container.training import frame_arrays
 
 # prophet's own pandas calls warn about deprecations; nothing this project can change
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:prophet.*")

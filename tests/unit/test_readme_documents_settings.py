@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from eval_container.settings import EvaluatorSettings
+from inference_container.settings import InferenceSettings
+from nonml_container.settings import ProphetSettings
+from preprocess_container.settings import PreprocessSettings
 from shared.settings.base import BaseServiceSettings
-from shared.settings.evaluator import EvaluatorSettings
-from shared.settings.inference import InferenceSettings
-from shared.settings.preprocess import PreprocessSettings
-from shared.settings.train import ProphetSettings, TrainSettings
+from train_container.settings import TrainSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

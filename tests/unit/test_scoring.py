@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from eval_container.settings import EvaluatorSettings
 from shared.events import ModelType
 from shared.scoring import (
     DEFAULT_WEIGHTS,
@@ -17,7 +18,6 @@ from shared.scoring import (
     skill_gate,
 )
 from shared.settings import SettingsError, load_settings
-from shared.settings.evaluator import EvaluatorSettings
 
 BASE_ENV = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",

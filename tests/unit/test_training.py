@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
+from shared.accuracy import evaluation_rows, rmse
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, time_features
-from shared.metrics import evaluation_rows, rmse
-from shared.models import build_model, load_model, save_model
-from shared.trainer_service import mlflow_unreachable, validate_frame
-from shared.training import (
+from shared.mlflow_utils import mlflow_unreachable
+from shared.model_runtime.networks import build_model, load_model, save_model
+from shared.trainer_service import validate_frame
+from train_container.training import (
     TrainConfig,
     TrainingDiverged,
     TrainingStopped,
@@ -169,8 +170,8 @@ def test_unreachable_mlflow_is_retried_then_reported_failed_and_left_to_the_loop
     from flts_cli.stack import free_port
     from shared.events import DataClaim, TrainingEvent, TrainingStatus
     from shared.kafka import MessageContext, TransientError
-    from shared.settings.train import TrainSettings
     from shared.trainer_service import TrainerService
+    from train_container.settings import TrainSettings
     from train_container.trainer import RecurrentTrainer
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shared.accuracy import evaluation_rows
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, make_windows
-from shared.metrics import evaluation_rows
-from shared.training import NotEnoughData, TrainConfig, frame_arrays, split_windows
+from train_container.training import NotEnoughData, TrainConfig, frame_arrays, split_windows
 
 
 def row_numbered_frame(rows: int) -> pd.DataFrame:

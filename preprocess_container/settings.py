@@ -25,10 +25,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from shared.preprocessing import DEFAULT_MAX_GAP_STEPS, PreprocessOptions
+from preprocess_container.preprocessing import DEFAULT_MAX_GAP_STEPS, PreprocessOptions
 from shared.settings.base import BaseServiceSettings
 
-_REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+_REPO_DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 _CONTAINER_DATA_DIR = Path("/app/data")
 
 

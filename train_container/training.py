@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, make_windows
-from shared.models import ModelSpec, RecurrentForecaster, build_model
+from shared.model_runtime.networks import ModelSpec, RecurrentForecaster, build_model
 
 log = logging.getLogger(__name__)
 

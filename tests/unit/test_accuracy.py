@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.data import KPI_COLUMNS, MinMaxScaler
-from shared.metrics import (
+from shared.accuracy import (
     SUMMARY_METRICS,
     evaluation_rows,
     forecast_metrics,
@@ -18,6 +17,7 @@ from shared.metrics import (
     relative_improvement,
     rmse,
 )
+from shared.data import KPI_COLUMNS, MinMaxScaler
 
 
 def test_single_column_errors_match_hand_computation() -> None:

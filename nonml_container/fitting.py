@@ -1,4 +1,4 @@
-"""Prophet forecaster: one Prophet model per KPI, fitted in parallel processes, stored as JSON.
+"""Fitting the Prophet trainer's models: one Prophet per KPI, in this process or in parallel ones.
 
 Models are fitted on the scaled train split (ds = time index, y = scaled KPI) and predict from
 timestamps alone, in scaled units. By default the train split is averaged into 10-minute buckets
@@ -6,32 +6,26 @@ before fitting: Prophet only models trend and daily/weekly seasonality, which a 
 carries as well as the 2-minute one, and Stan's optimiser then works on 5x fewer rows. On the
 full 2-minute PobleSec series LBFGS also fails on `mcs_down` and Prophet falls back to Newton
 (~190 s for that one KPI); on the bucket means it converges in under a second. Predictions are
-still made at the 2-minute test timestamps. They are serialized with `prophet.serialize.model_to_json`
-(plain JSON, never a pickle) into one file per KPI plus a small manifest.
+still made at the 2-minute test timestamps.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import threading
 import time
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from shared.data import KPI_COLUMNS
+from shared.model_runtime.prophet import quiet_stan
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "prophet_spec.json"
-MANIFEST_KIND = "prophet-per-kpi"
 
 
 class ProphetStopped(RuntimeError):
@@ -52,15 +46,6 @@ class ProphetOptions:
 
     def params(self) -> dict[str, str | int | float]:
         return {f"prophet_{k}": v for k, v in asdict(self).items()}
-
-
-def _quiet_stan() -> None:
-    # cmdstanpy logs every fit at INFO, and prophet's own pandas calls raise deprecation
-    # warnings we cannot act on; both are noise at the volumes a trainer runs.
-    for name in ("cmdstanpy", "prophet", "prophet.plot"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"prophet(\..*)?$")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"prophet(\..*)?$")
 
 
 def _build_prophet(options: ProphetOptions):  # type: ignore[no-untyped-def]  # prophet has no type hints
@@ -104,7 +89,7 @@ def fit_frame(ds: np.ndarray, y: np.ndarray, resample_minutes: int) -> pd.DataFr
 
 def fit_one_kpi(kpi: str, ds: np.ndarray, y: np.ndarray, options: ProphetOptions) -> tuple[str, str]:
     """Fit one KPI's model (in a worker process or in-process); return (kpi, model JSON)."""
-    _quiet_stan()
+    quiet_stan()
     from prophet.serialize import model_to_json
 
     model = _build_prophet(options)
@@ -186,49 +171,3 @@ def _fit_in_process(
             extra={"kpi": kpi, "fitted": len(models), "seconds": round(time.monotonic() - fit_started, 2)},
         )
     return models
-
-
-class ProphetForecaster:
-    """Predicts all KPIs for given timestamps, in scaled units, KPI_COLUMNS order."""
-
-    def __init__(self, models: Mapping[str, object], columns: Sequence[str] = KPI_COLUMNS) -> None:
-        missing = [c for c in columns if c not in models]
-        if missing:
-            raise ValueError(f"no Prophet model for {missing}")
-        self.models = dict(models)
-        self.columns = tuple(columns)
-
-    def predict(self, timestamps: pd.DatetimeIndex) -> np.ndarray:
-        future = pd.DataFrame({"ds": pd.DatetimeIndex(timestamps)})
-        out = np.empty((len(future), len(self.columns)), dtype=np.float64)
-        for i, column in enumerate(self.columns):
-            out[:, i] = self.models[column].predict(future)["yhat"].to_numpy(dtype=np.float64)  # type: ignore[attr-defined]
-        return out
-
-
-def save_prophet_models(models: Mapping[str, object], directory: Path) -> None:
-    """Write <kpi>.json (prophet's own JSON) per model and a manifest naming them."""
-    from prophet.serialize import model_to_json
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
-    for kpi, model in models.items():
-        name = f"{kpi}.json"
-        (directory / name).write_text(model_to_json(model))
-        files[kpi] = name
-    manifest = {"kind": MANIFEST_KIND, "columns": list(models), "files": files}
-    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
-
-
-def load_prophet_forecaster(directory: Path) -> ProphetForecaster:
-    """Rebuild the forecaster from the JSON files written by save_prophet_models (no pickle)."""
-    _quiet_stan()
-    from prophet.serialize import model_from_json
-
-    directory = Path(directory)
-    manifest = json.loads((directory / MANIFEST_FILE).read_text())
-    if manifest.get("kind") != MANIFEST_KIND:
-        raise ValueError(f"{directory} does not hold a {MANIFEST_KIND} model")
-    models = {kpi: model_from_json((directory / name).read_text()) for kpi, name in manifest["files"].items()}
-    return ProphetForecaster(models, manifest["columns"])

@@ -30,7 +30,7 @@ _EPOCH_DAY_OF_WEEK = 3
 
 
 class TimestampForecaster(Protocol):
-    """What shared.prophet_model.load_prophet_forecaster returns."""
+    """What shared.model_runtime.prophet.load_prophet_forecaster returns."""
 
     def predict(self, timestamps: pd.DatetimeIndex) -> np.ndarray: ...
 
