@@ -6,7 +6,6 @@ import os
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import requests
@@ -144,8 +143,3 @@ def find_runs(
         max_results=200,
     )
     return [r for r in runs if r.info.status in statuses]
-
-
-def download_artifacts(client: MlflowClient, run_id: str, path: str, destination: Path) -> Path:
-    destination.mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(run_id, path, str(destination)))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, make_windows
-from shared.model_runtime.networks import ModelSpec, RecurrentForecaster, build_model
+from shared.model_runtime.networks import ModelSpec, RecurrentNetwork, build_model
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class EpochLoss:
 
 @dataclass
 class TrainResult:
-    model: RecurrentForecaster
+    model: RecurrentNetwork
     history: list[EpochLoss] = field(default_factory=list)
     best_epoch: int = 0
     best_val_loss: float = math.inf
@@ -335,7 +335,7 @@ def train_recurrent(
 
 
 @torch.no_grad()
-def predict_windows(model: RecurrentForecaster, windows: np.ndarray, batch: int = 4096) -> np.ndarray:
+def predict_windows(model: RecurrentNetwork, windows: np.ndarray, batch: int = 4096) -> np.ndarray:
     """Model output for (n, input_len, 17) windows -> (n, output_len, 11), on the model's device."""
     device = next(model.parameters()).device
     model.eval()
@@ -348,7 +348,7 @@ def predict_windows(model: RecurrentForecaster, windows: np.ndarray, batch: int 
     return np.concatenate(outputs).astype(np.float64)
 
 
-def one_step_predictions(model: RecurrentForecaster, test_frame: pd.DataFrame) -> np.ndarray:
+def one_step_predictions(model: RecurrentNetwork, test_frame: pd.DataFrame) -> np.ndarray:
     """First-step forecasts for test rows input_len..N-1 (the scoring rows), shape (N-input_len, 11)."""
     features, targets = frame_arrays(test_frame)
     windows, _ = make_windows(features, targets, model.spec.input_seq_len, 1)

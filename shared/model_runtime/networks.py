@@ -36,7 +36,7 @@ class ModelSpec:
             raise ValueError("targets must be the leading feature columns")
 
 
-class RecurrentForecaster(nn.Module):
+class RecurrentNetwork(nn.Module):
     """A recurrent encoder whose head predicts the change from the last observed KPIs.
 
     Predicting the residual over the last value starts the model at persistence, the baseline
@@ -64,18 +64,18 @@ class RecurrentForecaster(nn.Module):
         return last + delta
 
 
-def build_model(spec: ModelSpec) -> RecurrentForecaster:
-    return RecurrentForecaster(spec)
+def build_model(spec: ModelSpec) -> RecurrentNetwork:
+    return RecurrentNetwork(spec)
 
 
-def save_model(model: RecurrentForecaster, directory: Path) -> None:
+def save_model(model: RecurrentNetwork, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / SPEC_FILE).write_text(json.dumps(asdict(model.spec), indent=2, sort_keys=True))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, directory / WEIGHTS_FILE)
 
 
-def load_model(directory: Path) -> RecurrentForecaster:
+def load_model(directory: Path) -> RecurrentNetwork:
     """Rebuild from the JSON spec and load weights with `weights_only=True` (no pickled code)."""
     spec = ModelSpec(**json.loads((Path(directory) / SPEC_FILE).read_text()))
     model = build_model(spec)

@@ -21,7 +21,7 @@ from flts_cli.stack import StackConfig
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler, time_features
 from shared.events import ModelType, PromotionPointer
 from shared.mlflow_utils import ensure_experiment
-from shared.model_runtime.networks import ModelSpec, RecurrentForecaster, build_model, save_model
+from shared.model_runtime.networks import ModelSpec, RecurrentNetwork, build_model, save_model
 from shared.storage import ObjectStore
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -30,7 +30,7 @@ DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 @dataclass(frozen=True)
 class LoggedModel:
     run_id: str
-    model: RecurrentForecaster
+    model: RecurrentNetwork
     scaler: MinMaxScaler
     config_hash: str
     model_type: str

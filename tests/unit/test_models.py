@@ -14,7 +14,7 @@ from shared.model_runtime.networks import (
     SPEC_FILE,
     WEIGHTS_FILE,
     ModelSpec,
-    RecurrentForecaster,
+    RecurrentNetwork,
     build_model,
     load_model,
     save_model,
@@ -85,7 +85,7 @@ def test_saved_model_reloads_with_identical_predictions(model_type: str, tmp_pat
 
     assert sorted(p.name for p in (tmp_path / model_type).iterdir()) == sorted([SPEC_FILE, WEIGHTS_FILE])
     assert json.loads((tmp_path / model_type / SPEC_FILE).read_text())["model_type"] == model_type
-    assert isinstance(loaded, RecurrentForecaster)
+    assert isinstance(loaded, RecurrentNetwork)
     assert loaded.spec == spec
     assert not loaded.training, "a loaded model is ready for inference (dropout off)"
     with torch.no_grad():
