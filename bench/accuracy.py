@@ -1,11 +1,11 @@
 """Accuracy bench: GRU and LSTM on the full PobleSec split against persistence.
 
 Runs the pipeline's own code path without Kafka or MLflow: preprocess_container.preprocessing.prepare_splits
-(the preprocess job's cleaning, scaler and time features), train_container.training.train_recurrent with
-the trainer's default settings (TrainConfig defaults mirror TrainSettings), and shared.accuracy on
-PobleSec_test rows INPUT_SEQ_LEN..N-1. Prints, per model and seed, RMSE on `down` and `up` in
-original units, the persistence RMSE on the same rows, the relative difference and the training
-seconds; then the mean of the seeds and whether the bar is met
+(the preprocess job's cleaning, scaler and time features), train_container.training.train_recurrent
+with the trainer's default hyperparameters (RecurrentHyperparameters, which TrainSettings inherits),
+and shared.accuracy on PobleSec_test rows INPUT_SEQ_LEN..N-1. Prints, per model and seed, RMSE on
+`down` and `up` in original units, the persistence RMSE on the same rows, the relative difference
+and the training seconds; then the mean of the seeds and whether the bar is met
 (>= 10 % better than persistence on down, >= 14 % on up, < 120 s of training each).
 
     .venv/bin/python bench/accuracy.py [--seeds 1 2 3] [--models GRU LSTM] [--threads 1]
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -27,7 +28,8 @@ sys.path.insert(0, str(REPO))
 from preprocess_container.preprocessing import PreprocessOptions, prepare_splits, read_raw_csv  # noqa: E402
 from shared.accuracy import evaluation_rows, forecast_metrics, relative_improvement  # noqa: E402
 from shared.data import KPI_COLUMNS  # noqa: E402
-from train_container.training import TrainConfig, one_step_predictions, pick_device, train_recurrent  # noqa: E402
+from train_container.settings import RecurrentHyperparameters  # noqa: E402
+from train_container.training import one_step_predictions, pick_device, train_recurrent  # noqa: E402
 
 BAR = {"down": 0.10, "up": 0.14}
 MAX_TRAIN_SECONDS = 120.0
@@ -45,7 +47,7 @@ def main() -> int:
         nargs="*",
         default=[],
         metavar="FIELD=VALUE",
-        help="override TrainConfig defaults, e.g. --set batch_size=512 patience=5 (to try candidates)",
+        help="override default hyperparameters, e.g. --set BATCH_SIZE=512 PATIENCE=5 (to try candidates)",
     )
     args = parser.parse_args()
     overrides = _overrides(args.set)
@@ -55,26 +57,26 @@ def main() -> int:
     data_dir = REPO / "data"
     train_raw = read_raw_csv((data_dir / f"{args.dataset}.csv").read_bytes(), "train")
     test_raw = read_raw_csv((data_dir / f"{args.dataset}_test.csv").read_bytes(), "test")
-    defaults = TrainConfig(model_type="GRU", **overrides)
+    defaults = _hyperparameters(overrides, "GRU")
     prepared = prepare_splits(
         train_raw,
         test_raw,
-        PreprocessOptions(input_seq_len=defaults.input_seq_len, output_seq_len=defaults.output_seq_len),
+        PreprocessOptions(input_seq_len=defaults.INPUT_SEQ_LEN, output_seq_len=defaults.OUTPUT_SEQ_LEN),
     )
     test_kpis = prepared.test.loc[:, list(KPI_COLUMNS)].to_numpy(dtype=np.float64)
-    actual, baseline = evaluation_rows(test_kpis, defaults.input_seq_len)
+    actual, baseline = evaluation_rows(test_kpis, defaults.INPUT_SEQ_LEN)
     n_test = len(prepared.test)
     print(
         f"{args.dataset}: train {len(prepared.train)} rows, test {n_test} rows; scoring rows "
-        f"{defaults.input_seq_len}..{n_test - 1} ({len(actual)}), one step ahead; device {device}, "
+        f"{defaults.INPUT_SEQ_LEN}..{n_test - 1} ({len(actual)}), one step ahead; device {device}, "
         f"{args.threads} CPU thread(s)"
     )
-    layers = ", ".join(f"{m} {TrainConfig(**{**overrides, 'model_type': m}).num_layers}" for m in args.models)
+    layers = ", ".join(f"{m} {_hyperparameters(overrides, m).NUM_LAYERS}" for m in args.models)
     print(
-        f"defaults: {layers} layer(s) of {defaults.hidden_size}, loss {defaults.loss} "
-        f"(delta {defaults.huber_delta}), lr {defaults.learning_rate} ({defaults.lr_schedule}), "
-        f"batch {defaults.batch_size}, "
-        f"epochs <= {defaults.epochs}, patience {defaults.patience}, cap {defaults.max_train_seconds:.0f}s"
+        f"defaults: {layers} layer(s) of {defaults.HIDDEN_SIZE}, loss {defaults.LOSS} "
+        f"(delta {defaults.HUBER_DELTA}), lr {defaults.LEARNING_RATE} ({defaults.LR_SCHEDULE}), "
+        f"batch {defaults.BATCH_SIZE}, "
+        f"epochs <= {defaults.EPOCHS}, patience {defaults.PATIENCE}, cap {defaults.MAX_TRAIN_SECONDS:.0f}s"
     )
     header = f"{'model':5} {'seed':>4} {'down RMSE':>10} {'persist':>9} {'rel':>7} {'up RMSE':>9} {'persist':>9} {'rel':>7} {'epochs':>6} {'best':>4} {'train s':>7}"  # noqa: E501
     print(header)
@@ -82,7 +84,7 @@ def main() -> int:
     for model_type in args.models:
         rows = []
         for seed in args.seeds:
-            config = TrainConfig(**{**overrides, "model_type": model_type, "seed": seed})
+            config = _hyperparameters({**overrides, "SEED": str(seed)}, model_type)
             started = time.monotonic()
             result = train_recurrent(prepared.train, config, device=device)
             seconds = time.monotonic() - started
@@ -111,16 +113,23 @@ def main() -> int:
     return 0
 
 
-def _overrides(pairs: list[str]) -> dict[str, object]:
-    """FIELD=VALUE pairs -> TrainConfig keyword arguments, each cast to the field's default type."""
-    defaults = TrainConfig(model_type="GRU")
-    out: dict[str, object] = {}
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    """FIELD=VALUE pairs -> hyperparameter values by field name (any case), validated later."""
+    out: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not hasattr(defaults, name) or name in ("model_type", "seed"):
-            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a TrainConfig field")
-        out[name] = type(getattr(defaults, name))(value)
+        name = name.upper()
+        if not sep or name not in RecurrentHyperparameters.model_fields or name in ("MODEL_TYPE", "SEED"):
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a RecurrentHyperparameters field")
+        out[name] = value
     return out
+
+
+def _hyperparameters(overrides: dict[str, str], model_type: str) -> RecurrentHyperparameters:
+    try:
+        return RecurrentHyperparameters.model_validate({**overrides, "MODEL_TYPE": model_type})
+    except ValidationError as exc:
+        raise SystemExit(f"--set: {exc}") from None
 
 
 def _line(model: str, seed: str, row: dict[str, float], epochs: int | None, best: int | None) -> str:

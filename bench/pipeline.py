@@ -17,12 +17,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BAR_S = 90.0
 
 
-def run_once(dataset: str, extra: list[str]) -> dict:
+def run_once(dataset: str, extra: list[str]) -> dict[str, Any]:
     report_dir = Path(tempfile.mkdtemp(prefix="flts-bench-pipeline-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "MLFLOW_", "AWS_"))}
     completed = subprocess.run(
@@ -35,7 +36,7 @@ def run_once(dataset: str, extra: list[str]) -> dict:
         capture_output=True,
         text=True,
     )
-    report = json.loads((report_dir / "report.json").read_text())
+    report: dict[str, Any] = json.loads((report_dir / "report.json").read_text())
     if completed.returncode != 0:
         raise SystemExit(f"flts run failed: {report.get('failed_stage')}: {report.get('error')}")
     report["_dir"] = str(report_dir)

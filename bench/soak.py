@@ -23,61 +23,151 @@ import argparse
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the test helpers log runs exactly as the trainer lays them out
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flts_cli.stack import LocalStack, StackConfig, free_port, free_ports  # noqa: E402
-from shared.kafka import EventProducer, ensure_topics  # noqa: E402
-from shared.storage import ObjectStore  # noqa: E402
-from tests.integration.test_inference_support import log_model_run, make_pointer  # noqa: E402
+from bench import support
+from flts_cli.stack import LocalStack, StackConfig, free_port, free_ports
+from shared.kafka import EventProducer, ensure_topics
+from shared.model_runtime.networks import ModelSpec
 
 IDENTIFIER = "soak"
+# Small GRUs: the soak measures serving and swapping, not the model.
+SPEC = ModelSpec("GRU", hidden_size=16)
 
 
 def get_json(url: str) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read() or b"{}")
-    except OSError:
-        return {}
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"inference exited with {proc.returncode}")
-        if get_json(url + "/readyz").get("status") == "ready" and get_json(url + "/healthz").get(
-            "consumer_assigned"
-        ):
-            return
-        time.sleep(0.5)
-    raise SystemExit("inference not ready in time")
-
-
-def promote(store: ObjectStore, producer: EventProducer, pointer: Any) -> None:
-    """What the evaluator does: the live pointer first, then the event every replica follows."""
-    body = pointer.model_dump(mode="json")
-    store.put_json("model-promotion", f"{IDENTIFIER}/current.json", body)
-    producer.publish("model-selected", IDENTIFIER, pointer)
+    body = support.http_json(url, timeout=5)[1]
+    return body if isinstance(body, dict) else {}
 
 
 def read_stats(prefix: Path) -> dict[str, dict[str, str]]:
     with open(f"{prefix}_stats.csv", newline="") as handle:
         return {f"{row['Type']} {row['Name']}".strip(): row for row in csv.DictReader(handle)}
+
+
+def swarm(args: argparse.Namespace, url: str, prefix: Path) -> subprocess.Popen[str]:
+    """`locust/locustfile.py` headless against `url`, stats to `<prefix>_stats.csv`."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "locust"),
+            "-f",
+            str(support.REPO / "locust" / "locustfile.py"),
+            "--headless",
+            "-u",
+            str(args.users),
+            "-r",
+            str(args.spawn_rate),
+            "-t",
+            f"{args.duration}s",
+            "--csv",
+            str(prefix),
+            "--host",
+            url,
+            "--only-summary",
+        ],
+        env={**os.environ, "PYTHONPATH": str(support.REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def soak(args: argparse.Namespace, cfg: StackConfig, work: Path) -> int:
+    models = [
+        support.log_trainer_run(cfg, work / f"model-{seed}", identifier=IDENTIFIER, spec=SPEC, seed=seed)
+        for seed in (1, 2, 3)
+    ]
+    ensure_topics(cfg.kafka_bootstrap, [support.PROMOTION_TOPIC])
+    producer = EventProducer(cfg.kafka_bootstrap, client_id="soak")
+    support.promote(cfg, models[0], IDENTIFIER, age_s=600, producer=producer)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        **cfg.service_env(),
+        "PYTHONPATH": str(support.REPO),
+        "IDENTIFIER": IDENTIFIER,
+        "INFERENCE_HOST": "127.0.0.1",
+        "INFERENCE_PORT": str(port),
+        "WORKERS": str(args.workers),
+        "LOG_LEVEL": "INFO",
+    }
+
+    def ready() -> bool:
+        return support.answers_200(url + "/readyz") and bool(
+            get_json(url + "/healthz").get("consumer_assigned")
+        )
+
+    log = work / "inference.log"
+    with support.process([sys.executable, "-m", "inference_container"], env, log) as inference:
+        support.wait_ready(ready, inference, 120, log)
+        time.sleep(2)  # the promotion consumer starts at `latest`; let it pin that offset
+
+        prefix = work / "soak"
+        locust = swarm(args, url, prefix)
+        swaps: list[tuple[float, str]] = []
+
+        def promoter() -> None:
+            for index, fraction in ((1, 1 / 3), (2, 2 / 3)):
+                time.sleep(args.duration * fraction - (swaps[-1][0] if swaps else 0.0))
+                support.promote(cfg, models[index], IDENTIFIER, producer=producer)
+                swaps.append((args.duration * fraction, models[index].run_id))
+
+        thread = threading.Thread(target=promoter, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        output, _ = locust.communicate(timeout=args.duration + 120)
+        elapsed = time.monotonic() - started
+        thread.join(5)
+        served = get_json(url + "/model")
+        producer.close()
+
+    stats = read_stats(prefix)
+    total = stats["Aggregated"]
+    predict = stats["POST /predict"]
+    p99_ms = float(predict["99%"])
+    result = {
+        "users": args.users,
+        "duration_s": round(elapsed, 1),
+        "workers": args.workers,
+        "requests": int(total["Request Count"]),
+        "failures": int(total["Failure Count"]),
+        "rps": round(float(total["Requests/s"]), 1),
+        "predict_p50_ms": float(predict["50%"]),
+        "predict_p95_ms": float(predict["95%"]),
+        "predict_p99_ms": p99_ms,
+        "predict_max_ms": round(float(predict["Max Response Time"]), 1),
+        "promotions": len(swaps),
+        "swaps_seen_by_service": served.get("swaps"),
+        "served_at_end": served.get("run_id"),
+        "expected_at_end": models[2].run_id,
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(result, indent=2))
+    failures = []
+    if result["failures"]:
+        failures.append(f"{result['failures']} failed requests")
+        failures_csv = Path(f"{prefix}_failures.csv")
+        if failures_csv.exists():
+            print(failures_csv.read_text()[:2000])
+    if p99_ms >= args.p99_bar_ms:
+        failures.append(f"p99 {p99_ms:.0f} ms is not under the {args.p99_bar_ms:.0f} ms bar")
+    if len(swaps) != 2 or served.get("run_id") != models[2].run_id:
+        failures.append(f"the last promotion is not served: {served.get('run_id')}")
+    if locust.returncode not in (0, 1):  # 1 = locust saw failures, reported above
+        failures.append(f"locust exited with {locust.returncode}: {output[-1000:]}")
+    print("PASS" if not failures else "FAIL: " + "; ".join(failures))
+    return 0 if not failures else 1
 
 
 def main() -> int:
@@ -93,124 +183,10 @@ def main() -> int:
     kafka, s3, mlflow = free_ports(3)
     config = StackConfig(kafka_port=kafka, s3_port=s3, mlflow_port=mlflow, state_dir=work / "stack")
     stack = LocalStack(config)
-    inference: subprocess.Popen[bytes] | None = None
     try:
         stack.start()
-        cfg = stack.config
-        models = [log_model_run(cfg, work, identifier=IDENTIFIER, seed=seed) for seed in (1, 2, 3)]
-        store = ObjectStore(cfg.s3_url, cfg.access_key, cfg.secret_key)
-        ensure_topics(cfg.kafka_bootstrap, ["model-selected"])
-        producer = EventProducer(cfg.kafka_bootstrap, client_id="soak")
-        promote(store, producer, make_pointer(models[0], IDENTIFIER, age_s=600))
-
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            **cfg.service_env(),
-            "PYTHONPATH": str(REPO),
-            "IDENTIFIER": IDENTIFIER,
-            "INFERENCE_HOST": "127.0.0.1",
-            "INFERENCE_PORT": str(port),
-            "WORKERS": str(args.workers),
-            "LOG_LEVEL": "INFO",
-        }
-        with (work / "inference.log").open("wb") as log_file:
-            inference = subprocess.Popen(
-                [sys.executable, "-m", "inference_container"],
-                env=env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_ready(url, inference)
-        time.sleep(2)  # the promotion consumer starts at `latest`; let it pin that offset
-
-        prefix = work / "soak"
-        locust = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "locust"),
-                "-f",
-                str(REPO / "locust" / "locustfile.py"),
-                "--headless",
-                "-u",
-                str(args.users),
-                "-r",
-                str(args.spawn_rate),
-                "-t",
-                f"{args.duration}s",
-                "--csv",
-                str(prefix),
-                "--host",
-                url,
-                "--only-summary",
-            ],
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        swaps: list[tuple[float, str]] = []
-
-        def promoter() -> None:
-            for index, fraction in ((1, 1 / 3), (2, 2 / 3)):
-                time.sleep(args.duration * fraction - (swaps[-1][0] if swaps else 0.0))
-                promote(store, producer, make_pointer(models[index], IDENTIFIER))
-                swaps.append((args.duration * fraction, models[index].run_id))
-
-        thread = threading.Thread(target=promoter, daemon=True)
-        started = time.monotonic()
-        thread.start()
-        output, _ = locust.communicate(timeout=args.duration + 120)
-        elapsed = time.monotonic() - started
-        thread.join(5)
-        served = get_json(url + "/model")
-        producer.close()
-
-        stats = read_stats(prefix)
-        total = stats["Aggregated"]
-        predict = stats["POST /predict"]
-        p99_ms = float(predict["99%"])
-        result = {
-            "users": args.users,
-            "duration_s": round(elapsed, 1),
-            "workers": args.workers,
-            "requests": int(total["Request Count"]),
-            "failures": int(total["Failure Count"]),
-            "rps": round(float(total["Requests/s"]), 1),
-            "predict_p50_ms": float(predict["50%"]),
-            "predict_p95_ms": float(predict["95%"]),
-            "predict_p99_ms": p99_ms,
-            "predict_max_ms": round(float(predict["Max Response Time"]), 1),
-            "promotions": len(swaps),
-            "swaps_seen_by_service": served.get("swaps"),
-            "served_at_end": served.get("run_id"),
-            "expected_at_end": models[2].run_id,
-            "cpu_count": os.cpu_count(),
-            "load_average_1m": round(os.getloadavg()[0], 2),
-        }
-        print(json.dumps(result, indent=2))
-        failures = []
-        if result["failures"]:
-            failures.append(f"{result['failures']} failed requests")
-            failures_csv = Path(f"{prefix}_failures.csv")
-            if failures_csv.exists():
-                print(failures_csv.read_text()[:2000])
-        if p99_ms >= args.p99_bar_ms:
-            failures.append(f"p99 {p99_ms:.0f} ms is not under the {args.p99_bar_ms:.0f} ms bar")
-        if len(swaps) != 2 or served.get("run_id") != models[2].run_id:
-            failures.append(f"the last promotion is not served: {served.get('run_id')}")
-        if locust.returncode not in (0, 1):  # 1 = locust saw failures, reported above
-            failures.append(f"locust exited with {locust.returncode}: {output[-1000:]}")
-        print("PASS" if not failures else "FAIL: " + "; ".join(failures))
-        return 0 if not failures else 1
+        return soak(args, stack.config, work)
     finally:
-        if inference is not None and inference.poll() is None:
-            os.killpg(inference.pid, signal.SIGTERM)
-            try:
-                inference.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(inference.pid, signal.SIGKILL)
         stack.stop()
 
 

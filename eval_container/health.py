@@ -43,7 +43,7 @@ class HealthState:
         consuming = self.consuming.is_set()
         mlflow_ok = self.mlflow_ok() if consuming else False
         ready = consuming and mlflow_ok
-        body = {
+        body: dict[str, object] = {
             "status": "ready" if ready else "not ready",
             "service": SERVICE_NAME,
             "consuming": consuming,

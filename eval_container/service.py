@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -120,7 +120,7 @@ class Evaluator:
 
     # ------------------------------------------------------------------ decision
     def evaluate(
-        self, config_hash: str, identifier: str, extra: dict[str, object]
+        self, config_hash: str, identifier: str, extra: Mapping[str, object]
     ) -> PromotionPointer | None:
         """Promote when every expected type succeeded, or after the timeout when some failed."""
         pending = self._pending_for(config_hash, identifier)
@@ -237,7 +237,7 @@ class Evaluator:
             raise PoisonMessage(f"run {event.run_id} lacks finite {', '.join(absent)}")
 
     # ------------------------------------------------------------------ promotion steps
-    def _finish_if_decided(self, identifier: str, config_hash: str, extra: dict[str, object]) -> bool:
+    def _finish_if_decided(self, identifier: str, config_hash: str, extra: Mapping[str, object]) -> bool:
         """True when this hash was promoted already; a promotion cut short by a crash is finished."""
         history = promotion.list_history(self.store, self.bucket, identifier, config_hash)
         if not history:
@@ -253,7 +253,7 @@ class Evaluator:
         self._complete(pointer, extra)
         return True
 
-    def _complete(self, pointer: PromotionPointer, extra: dict[str, object]) -> None:
+    def _complete(self, pointer: PromotionPointer, extra: Mapping[str, object]) -> None:
         """Everything after the decision; each step is idempotent."""
         written = promotion.write_current_pointers(self.store, self.bucket, pointer)
         self._move_alias(pointer, extra)
@@ -273,7 +273,7 @@ class Evaluator:
             },
         )
 
-    def _move_alias(self, pointer: PromotionPointer, extra: dict[str, object]) -> None:
+    def _move_alias(self, pointer: PromotionPointer, extra: Mapping[str, object]) -> None:
         """Point the registered model's `champion` alias at the winner, so the MLflow UI shows it.
 
         The pointer in the bucket is the contract; a registry that refuses (a RestException) is

@@ -8,7 +8,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -18,6 +18,12 @@ import matplotlib.pyplot as plt
 from shared.events import PromotionPointer
 from shared.mlflow_utils import find_runs
 from shared.scoring import DEFAULT_WEIGHTS, missing_metrics, score
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+    from flts_cli.state import RunState
 
 FORECAST_ARTIFACT = "plots/forecast_down_up.png"
 
@@ -66,48 +72,18 @@ def _percentile(histogram: dict[int, int], fraction: float) -> float | None:
     return float(max(histogram))
 
 
-def build_report(
-    *,
-    facts: dict[str, Any],
-    stages: dict[str, Any],
-    pointer: PromotionPointer | None,
-    client: Any,
-    config_hash: str | None,
-    failed: tuple[str, str] | None,
-    total_seconds: float,
-) -> dict[str, Any]:
+def build_report(run: RunState, client: MlflowClient | None, total_seconds: float) -> dict[str, Any]:
+    """The report of `run` as far as it got; the scoreboard comes from MLflow when it answers."""
+    pointer = run.pointer
+    config_hash = run.claim.config_hash if run.claim is not None else None
     weights = dict(pointer.weights) if pointer is not None else dict(DEFAULT_WEIGHTS)
-    models: dict[str, Any] = {}
-    baseline: dict[str, Any] = {}
-    if client is not None and config_hash:
-        latest: dict[str, Any] = {}
-        for run in find_runs(client, config_hash):
-            latest.setdefault(run.data.tags.get("model_type", "?"), run)
-        for model_type, run in sorted(latest.items()):
-            m = run.data.metrics
-            models[model_type] = {
-                "run_id": run.info.run_id,
-                "test_rmse": m.get("test_rmse"),
-                "test_mae": m.get("test_mae"),
-                "test_mse": m.get("test_mse"),
-                "score": None if missing_metrics(m) else score(m, weights),
-                "rmse_down": m.get("test_rmse_down"),
-                "rmse_up": m.get("test_rmse_up"),
-            }
-            if not baseline and "baseline_test_rmse" in m:
-                baseline = {
-                    "test_rmse": m.get("baseline_test_rmse"),
-                    "test_mae": m.get("baseline_test_mae"),
-                    "test_mse": m.get("baseline_test_mse"),
-                    "rmse_down": m.get("baseline_test_rmse_down"),
-                    "rmse_up": m.get("baseline_test_rmse_up"),
-                }
+    models, baseline = _scoreboard(client, config_hash, weights)
     report: dict[str, Any] = {
-        "status": "failed" if failed else "ok",
+        "status": "failed" if run.failed else "ok",
         "config_hash": config_hash,
-        "dataset": facts.get("dataset"),
-        "identifier": facts.get("identifier"),
-        "rows": facts.get("rows"),
+        "dataset": run.options.dataset,
+        "identifier": run.claim.identifier if run.claim is not None else None,
+        "rows": run.rows,
         "stages": {
             name: {
                 "status": s.status,
@@ -115,7 +91,8 @@ def build_report(
                 **({"error": s.error} if s.error else {}),
                 **({"detail": s.detail} if s.detail else {}),
             }
-            for name, s in stages.items()
+            for name, s in run.stages.items()
+            if name != "report"
         },
         "models": models,
         "baseline": baseline,
@@ -130,17 +107,50 @@ def build_report(
             else None
         ),
         "score_weights": weights,
-        "load_test": facts.get("load_test"),
-        "trigger_to_live_seconds": facts.get("trigger_to_live_seconds"),
+        "load_test": run.load_test,
+        "trigger_to_live_seconds": run.trigger_to_live_seconds,
         "total_seconds": total_seconds,
     }
-    if failed:
-        report["failed_stage"], report["error"] = failed
+    if run.failed:
+        report["failed_stage"], report["error"] = run.failed.stage, run.failed.message
     return report
 
 
+def _scoreboard(
+    client: MlflowClient | None, config_hash: str | None, weights: dict[str, float]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each model type's newest run of `config_hash`, and the persistence baseline they logged."""
+    models: dict[str, Any] = {}
+    baseline: dict[str, Any] = {}
+    if client is None or not config_hash:
+        return models, baseline
+    latest: dict[str, Run] = {}
+    for logged in find_runs(client, config_hash):
+        latest.setdefault(logged.data.tags.get("model_type", "?"), logged)
+    for model_type, logged in sorted(latest.items()):
+        m = logged.data.metrics
+        models[model_type] = {
+            "run_id": logged.info.run_id,
+            "test_rmse": m.get("test_rmse"),
+            "test_mae": m.get("test_mae"),
+            "test_mse": m.get("test_mse"),
+            "score": None if missing_metrics(m) else score(m, weights),
+            "rmse_down": m.get("test_rmse_down"),
+            "rmse_up": m.get("test_rmse_up"),
+        }
+        if not baseline and "baseline_test_rmse" in m:
+            baseline = {
+                "test_rmse": m.get("baseline_test_rmse"),
+                "test_mae": m.get("baseline_test_mae"),
+                "test_mse": m.get("baseline_test_mse"),
+                "rmse_down": m.get("baseline_test_rmse_down"),
+                "rmse_up": m.get("baseline_test_rmse_up"),
+            }
+    return models, baseline
+
+
 def write_report(
-    report: dict[str, Any], directory: Path, client: Any, pointer: PromotionPointer | None
+    report: dict[str, Any], directory: Path, client: MlflowClient | None, pointer: PromotionPointer | None
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -212,7 +222,7 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
     return "\n".join(lines)
 
 
-def _copy_forecast_plot(client: Any, pointer: PromotionPointer, directory: Path) -> bool:
+def _copy_forecast_plot(client: MlflowClient, pointer: PromotionPointer, directory: Path) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(pointer.run_id, FORECAST_ARTIFACT, tmp)

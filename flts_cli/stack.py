@@ -20,14 +20,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from flts_cli.settings import connection_env, pipeline_names
 from shared.events import dlq_topic
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.storage import ObjectStore
 
 HOST = "127.0.0.1"
-TOPICS = ("training-data", "inference-data", "model-training", "model-selected")
-BUCKETS = ("dataset", "processed-data", "model-promotion", "inference-logs", "mlflow")
+# The contract's names: a stack started ahead of its services cannot know of any override.
+TOPICS = pipeline_names("TOPIC_")
 MLFLOW_BUCKET = "mlflow"
+BUCKETS = (*pipeline_names("BUCKET_"), MLFLOW_BUCKET)
 
 
 class StackError(RuntimeError):
@@ -120,15 +122,13 @@ class StackConfig:
 
     def service_env(self) -> dict[str, str]:
         """The environment every FLTS service needs to talk to this stack."""
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
-            "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "KAFKA_FETCH_WAIT_MAX_MS": "10",
-        }
+        return connection_env(
+            kafka_bootstrap=self.kafka_bootstrap,
+            mlflow_url=self.mlflow_url,
+            s3_url=self.s3_url,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+        )
 
 
 @dataclass
@@ -293,14 +293,12 @@ class LocalStack:
     def write_state(self) -> Path:
         """Record pids and connection env for `flts down` and for scripts (mode 0600)."""
         path = self.config.state_dir / "stack.json"
-        state = {
-            "processes": [asdict(m) for m, _ in self.processes],
-            "env": self.config.service_env(),
-        }
+        env = self.config.service_env()
+        state = {"processes": [asdict(m) for m, _ in self.processes], "env": env}
         path.write_text(json.dumps(state, indent=2))
         path.chmod(0o600)
         env_path = self.config.state_dir / "stack.env"
-        env_path.write_text("".join(f"export {k}={v}\n" for k, v in state["env"].items()))
+        env_path.write_text("".join(f"export {k}={v}\n" for k, v in env.items()))
         env_path.chmod(0o600)
         return path
 
@@ -387,7 +385,8 @@ def _tcp_open(port: int) -> bool:
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return 200 <= response.status < 300
+            status: int = response.status
+            return 200 <= status < 300
     except (urllib.error.URLError, OSError):
         return False
 

@@ -18,7 +18,7 @@ from flts_cli.stack import (
 )
 
 
-def add_parsers(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = commands.add_parser("up", help="start Kafka, S3 and MLflow on 127.0.0.1")
     add_stack_arguments(up)
     up.add_argument("--detach", action="store_true", help="start, print, and return")

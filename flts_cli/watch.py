@@ -25,14 +25,17 @@ class EventWatcher:
         msg = self._consumer.poll(timeout_s)
         if msg is None or msg.error():
             return None
+        topic = msg.topic()
+        if topic not in self.topics:
+            return None
         try:
-            event = decode(msg.value(), self.topics[msg.topic()])
+            event = decode(msg.value(), self.topics[topic])
         except PoisonMessage:
             return None
         created = getattr(event, "created_at", None)
         if created is not None and created < self.since:
             return None
-        return msg.topic(), event
+        return topic, event
 
     def close(self) -> None:
         self._consumer.close()

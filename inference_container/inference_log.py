@@ -19,9 +19,13 @@ from typing import Any
 import orjson
 
 from inference_container.telemetry import ServiceMetrics
+from shared.retry import Backoff
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
+
+# Waits between attempts to write one batch: 1, 2, 4, 8, 10 s.
+WRITE_BACKOFF = Backoff(1.0, 10.0)
 
 
 def batch_key(identifier: str, when: datetime) -> str:
@@ -131,7 +135,7 @@ class InferenceLogWriter:
                         extra={"bucket": self.bucket, "key": key, "attempt": attempt, "error": str(exc)},
                     )
                     # While stopping, two attempts are enough: shutdown must not hang on S3.
-                    if self._stop.wait(min(10.0, 0.5 * 2**attempt)) and attempt >= 2:
+                    if self._stop.wait(WRITE_BACKOFF.delay(attempt)) and attempt >= 2:
                         break
             if written:
                 self.written_batches += 1

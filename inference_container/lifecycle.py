@@ -9,6 +9,9 @@ Three background threads, none on the request path:
 - the loader downloads and builds the newest wanted model, then swaps one reference. Requests
   hold the `ServingModel` they started with, so in-flight work finishes on the old model. A
   failed load keeps the old model and retries with backoff until it succeeds or is superseded.
+
+All three wait between failures by the project's one retry policy (shared.retry.Backoff): from
+MODEL_RELOAD_BACKOFF_S, doubling per failure, never above MODEL_RELOAD_MAX_BACKOFF_S.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from shared.kafka import (
 )
 from shared.model_runtime.forecasting import Forecast, RecurrentForecast, TimestampForecast
 from shared.model_runtime.networks import load_model
+from shared.promotion import current_key
+from shared.retry import Backoff, RetryStopped
 from shared.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -86,9 +91,12 @@ class ServingModel:
         }
 
 
-def pointer_key(identifier: str | None) -> str:
-    """Where the live pointer lives in the promotion bucket (DESIGN.md, object layout)."""
-    return f"{identifier}/current.json" if identifier else "current.json"
+def decode_pointer(raw: bytes | None) -> PromotionPointer:
+    """A promotion pointer from its JSON (S3 object or Kafka message); PoisonMessage says what is
+    wrong."""
+    pointer = decode(raw, PromotionPointer)
+    assert isinstance(pointer, PromotionPointer)
+    return pointer
 
 
 def artifact_path(pointer: PromotionPointer) -> str:
@@ -175,6 +183,7 @@ class ModelManager:
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.backoff = Backoff(settings.MODEL_RELOAD_BACKOFF_S, settings.MODEL_RELOAD_MAX_BACKOFF_S)
         self._loader = loader or self._load_from_mlflow
         self._current: ServingModel | None = None
         self._wanted: PromotionPointer | None = None
@@ -317,10 +326,7 @@ class ModelManager:
         self.last_error = f"{type(exc).__name__}: {exc}"[:500]
         if self.metrics is not None:
             self.metrics.load_failures.inc()
-        delay = min(
-            self.settings.MODEL_RELOAD_MAX_BACKOFF_S,
-            self.settings.MODEL_RELOAD_BACKOFF_S * 2 ** min(self._failed_attempts - 1, 16),
-        )
+        delay = self.backoff.delay(self._failed_attempts)
         log.warning(
             "model load failed; keeping the current model and retrying",
             extra={"run_id": pointer.run_id, "error": self.last_error, "retry_in_s": delay},
@@ -344,15 +350,13 @@ class ModelManager:
             except Exception as exc:  # S3 down or a bad object: log, stay alive, retry
                 failures += 1
                 self.pointer_error = f"{type(exc).__name__}: {exc}"[:500]
-                wait = min(
-                    self.settings.MODEL_RELOAD_MAX_BACKOFF_S, self.settings.MODEL_RELOAD_BACKOFF_S * failures
-                )
+                wait = self.backoff.delay(failures)
                 log.warning("cannot read the live pointer", extra={"error": str(exc), "retry_in_s": wait})
             self._poll_now.wait(wait)
             self._poll_now.clear()
 
     def _read_pointer(self, store: ObjectStore) -> None:
-        key = pointer_key(self.settings.IDENTIFIER)
+        key = current_key(self.settings.IDENTIFIER)
         try:
             raw = store.get_bytes(self.settings.BUCKET_PROMOTION, key)
         except ObjectNotFound:
@@ -360,13 +364,13 @@ class ModelManager:
             log.debug("no live pointer yet", extra={"bucket": self.settings.BUCKET_PROMOTION, "key": key})
             return
         try:
-            pointer = decode(raw, PromotionPointer)
+            pointer = decode_pointer(raw)
         except PoisonMessage as exc:
             self.pointer_checked.set()
             log.error("live pointer is unreadable", extra={"key": key, "error": str(exc)})
             return
         self.pointer_checked.set()
-        self.offer(pointer, "s3")  # type: ignore[arg-type]
+        self.offer(pointer, "s3")
 
     # -- promotion consumer ----------------------------------------------------------------------
     def _consume_loop(self) -> None:
@@ -380,11 +384,14 @@ class ModelManager:
             except Exception:
                 failures += 1
                 self.consumer_assigned.clear()
-                delay = min(
-                    self.settings.MODEL_RELOAD_MAX_BACKOFF_S, self.settings.MODEL_RELOAD_BACKOFF_S * failures
+                log.exception(
+                    "promotion consumer failed; rebuilding it",
+                    extra={"retry_in_s": self.backoff.delay(failures)},
                 )
-                log.exception("promotion consumer failed; rebuilding it", extra={"retry_in_s": delay})
-                self._stop.wait(delay)
+                try:
+                    self.backoff.wait(failures, self._stop)
+                except RetryStopped:
+                    return
 
     def _consume(self) -> None:
         settings = self.settings
@@ -439,7 +446,7 @@ class ModelManager:
     def _on_message(self, msg: Message) -> None:
         extra = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset()}
         try:
-            pointer = decode(msg.value(), PromotionPointer)
+            pointer = decode_pointer(msg.value())
         except PoisonMessage as exc:
             # Every replica reads every message, so each files its own letter, named by its group:
             # the DLQ then shows which replicas could not read it.
@@ -449,4 +456,4 @@ class ModelManager:
             except TransientError as dlq_exc:
                 log.warning("could not file the dead letter", extra={**extra, "error": str(dlq_exc)})
             return
-        self.offer(pointer, "kafka")  # type: ignore[arg-type]
+        self.offer(pointer, "kafka")

@@ -2,8 +2,9 @@
 
 The same handler serves two entry points: the fast path in `inference_container.app` (an ASGI
 layer in front of FastAPI that answers POST /predict directly, skipping routing, the Request
-object, dependency solving and exit stacks: ~150 µs of a ~600 µs request) and the FastAPI route,
-which exists for the OpenAPI document and answers identically.
+object, dependency solving and exit stacks; measured figures there) and the FastAPI route in
+`inference_container.routes.predict`, which documents the operation and answers identically
+(with PREDICT_FAST_PATH off it answers every request).
 
 Per request: headers checked, body read with a size cap, orjson parse, numpy validation
 (inference_container.validation), micro-batched forecast with the `ServingModel` read once at
@@ -22,6 +23,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import orjson
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
 
 from inference_container.batching import MicroBatcher
 from inference_container.inference_log import InferenceLogWriter
@@ -46,7 +48,7 @@ def error_body(message: str) -> bytes:
 def predictions_payload(model: ServingModel, last: np.datetime64, values: np.ndarray) -> list[dict[str, Any]]:
     """[{"ts": ..., "down": ..., ...}] for each forecast step, timestamps at the training step."""
     steps = values.shape[0]
-    future = np.datetime64(last, "us") + np.arange(1, steps + 1) * np.timedelta64(model.step, "us")
+    future = last.astype("datetime64[us]") + np.arange(1, steps + 1) * np.timedelta64(model.step, "us")
     whole_seconds = not (future.astype(np.int64) % 1_000_000).any()
     stamps = np.datetime_as_string(future, unit="s" if whole_seconds else "us").tolist()
     keys = ("ts", *KPI_COLUMNS)
@@ -151,7 +153,7 @@ class PredictHandler:
             if size > self.max_body:
                 raise RequestError(413, f"body of {size} bytes exceeds the limit of {self.max_body} bytes")
 
-    def body_reader(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> BodyReader:
+    def body_reader(self, receive: Receive) -> BodyReader:
         """Read http.request messages, refusing with 413 as soon as the cap is passed (a
         chunked body has no Content-Length to check up front)."""
 

@@ -1,9 +1,10 @@
 """Run the API: one uvicorn server per process, all serving one pre-bound socket.
 
-`uvicorn --workers N` loses TCP_NODELAY on accepted sockets (44 ms stalls per keep-alive
-request, INFRA-NOTES), so with WORKERS > 1 this supervisor binds the socket itself and starts N
-worker processes that inherit it; the kernel spreads connections between them. Each worker
-has its own model and its own Kafka consumer, so each swaps on every promotion.
+asyncio sets TCP_NODELAY on an accepted connection only when the listening socket says
+IPPROTO_TCP, and `uvicorn --workers N` binds with protocol 0: every keep-alive response then
+waits about 44 ms for the client's delayed ACK. So this module binds the socket itself, and with
+WORKERS > 1 starts N worker processes that inherit it; the kernel spreads connections between
+them. Each worker has its own model and its own Kafka consumer, so each swaps on every promotion.
 """
 
 from __future__ import annotations

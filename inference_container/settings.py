@@ -58,6 +58,9 @@ class InferenceSettings(BaseServiceSettings):
     )
     TORCH_THREADS: int = Field(default=1, ge=1, le=64, description="torch intra-op threads per process")
     ACCESS_LOG: bool = Field(default=False, description="uvicorn access log (costly at high request rates)")
+    PREDICT_FAST_PATH: bool = Field(
+        default=True, description="Answer POST /predict from raw ASGI messages, before FastAPI routing"
+    )
 
     @field_validator("IDENTIFIER")
     @classmethod

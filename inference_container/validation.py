@@ -290,8 +290,8 @@ def _check_range(timestamps: np.ndarray, step: np.timedelta64, horizon: int, tim
         )
 
 
-def _day(moment: np.datetime64) -> np.datetime64:
-    return moment.astype("datetime64[D]")
+def _day(moment: np.datetime64) -> str:
+    return str(moment.astype("datetime64[D]"))
 
 
 def _width(data: Any) -> int:

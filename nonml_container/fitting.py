@@ -17,13 +17,17 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from nonml_container.settings import ProphetHyperparameters
 from shared.data import KPI_COLUMNS
 from shared.model_runtime.prophet import quiet_stan
+
+if TYPE_CHECKING:
+    from prophet import Prophet
 
 log = logging.getLogger(__name__)
 
@@ -32,38 +36,22 @@ class ProphetStopped(RuntimeError):
     """The stop flag was set while models were being fitted."""
 
 
-@dataclass(frozen=True)
-class ProphetOptions:
-    """Kept small on purpose: no uncertainty sampling, no MCMC, few changepoints (speed)."""
-
-    n_changepoints: int = 10
-    changepoint_prior_scale: float = 0.05
-    seasonality_mode: str = "additive"
-    daily_fourier: int = 10
-    weekly_fourier: int = 3
-    # Fit on means of buckets of this many minutes (0 = on the raw rows); see the module docstring.
-    fit_resample_minutes: int = 10
-
-    def params(self) -> dict[str, str | int | float]:
-        return {f"prophet_{k}": v for k, v in asdict(self).items()}
-
-
-def _build_prophet(options: ProphetOptions):  # type: ignore[no-untyped-def]  # prophet has no type hints
+def _build_prophet(options: ProphetHyperparameters) -> Prophet:
     from prophet import Prophet
 
     model = Prophet(
         growth="linear",
-        n_changepoints=options.n_changepoints,
-        changepoint_prior_scale=options.changepoint_prior_scale,
-        seasonality_mode=options.seasonality_mode,
+        n_changepoints=options.PROPHET_CHANGEPOINTS,
+        changepoint_prior_scale=options.PROPHET_CHANGEPOINT_PRIOR_SCALE,
+        seasonality_mode=options.PROPHET_SEASONALITY_MODE,
         yearly_seasonality=False,
         weekly_seasonality=False,
         daily_seasonality=False,
         uncertainty_samples=0,
         mcmc_samples=0,
     )
-    model.add_seasonality(name="daily", period=1.0, fourier_order=options.daily_fourier)
-    model.add_seasonality(name="weekly", period=7.0, fourier_order=options.weekly_fourier)
+    model.add_seasonality(name="daily", period=1.0, fourier_order=options.PROPHET_DAILY_FOURIER)
+    model.add_seasonality(name="weekly", period=7.0, fourier_order=options.PROPHET_WEEKLY_FOURIER)
     return model
 
 
@@ -87,19 +75,19 @@ def fit_frame(ds: np.ndarray, y: np.ndarray, resample_minutes: int) -> pd.DataFr
     return pd.DataFrame({"ds": centres, "y": means.to_numpy()})
 
 
-def fit_one_kpi(kpi: str, ds: np.ndarray, y: np.ndarray, options: ProphetOptions) -> tuple[str, str]:
+def fit_one_kpi(kpi: str, ds: np.ndarray, y: np.ndarray, options: ProphetHyperparameters) -> tuple[str, str]:
     """Fit one KPI's model (in a worker process or in-process); return (kpi, model JSON)."""
     quiet_stan()
     from prophet.serialize import model_to_json
 
     model = _build_prophet(options)
-    model.fit(fit_frame(ds, y, options.fit_resample_minutes))
+    model.fit(fit_frame(ds, y, options.PROPHET_FIT_RESAMPLE_MINUTES))
     return kpi, model_to_json(model)
 
 
 def fit_prophet_models(
     train_frame: pd.DataFrame,
-    options: ProphetOptions,
+    options: ProphetHyperparameters,
     *,
     workers: int = 2,
     stop: threading.Event | None = None,
@@ -147,7 +135,7 @@ def fit_prophet_models(
 def _fit_in_process(
     train_frame: pd.DataFrame,
     ds: np.ndarray,
-    options: ProphetOptions,
+    options: ProphetHyperparameters,
     *,
     stop: threading.Event | None,
     timeout_s: float,

@@ -5,29 +5,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from nonml_container.fitting import ProphetOptions, ProphetStopped, fit_prophet_models
+from nonml_container.fitting import ProphetStopped, fit_prophet_models
 from nonml_container.settings import ProphetSettings
 from shared.accuracy import mse
 from shared.data import KPI_COLUMNS
 from shared.events import ModelType
 from shared.model_runtime.prophet import ProphetForecaster, save_prophet_models
+from shared.settings.trainer import ParamValue
 from shared.trainer_service import EpochRecord, FitFailed, FitOutcome, FitStopped
-
-
-def options_from_settings(settings: ProphetSettings) -> ProphetOptions:
-    return ProphetOptions(
-        n_changepoints=settings.PROPHET_CHANGEPOINTS,
-        changepoint_prior_scale=settings.PROPHET_CHANGEPOINT_PRIOR_SCALE,
-        seasonality_mode=settings.PROPHET_SEASONALITY_MODE,
-        daily_fourier=settings.PROPHET_DAILY_FOURIER,
-        weekly_fourier=settings.PROPHET_WEEKLY_FOURIER,
-        fit_resample_minutes=settings.PROPHET_FIT_RESAMPLE_MINUTES,
-    )
 
 
 class ProphetTrainer:
@@ -36,12 +25,12 @@ class ProphetTrainer:
     model_type = ModelType.PROPHET
 
     def __init__(self, settings: ProphetSettings) -> None:
-        self.options = options_from_settings(settings)
+        self.hyperparameters = settings.hyperparameters()
         self.workers = settings.PROPHET_WORKERS
         self.timeout_s = settings.PROPHET_FIT_TIMEOUT_S
 
-    def params(self) -> dict[str, Any]:
-        return {**self.options.params(), "prophet_workers": self.workers}
+    def params(self) -> dict[str, ParamValue]:
+        return {**self.hyperparameters.params(), "prophet_workers": self.workers}
 
     def fit(
         self,
@@ -55,7 +44,7 @@ class ProphetTrainer:
             raise FitFailed(f"Prophet needs at least 2 train rows, got {len(train)}")
         try:
             models = fit_prophet_models(
-                train, self.options, workers=self.workers, stop=stop, timeout_s=self.timeout_s
+                train, self.hyperparameters, workers=self.workers, stop=stop, timeout_s=self.timeout_s
             )
         except ProphetStopped as exc:
             raise FitStopped(str(exc)) from exc

@@ -43,6 +43,7 @@ from preprocess_container.settings import PreprocessSettings
 from shared.data import FEATURE_COLUMNS
 from shared.events import DataClaim, DeadLetter, dlq_topic
 from shared.kafka import TRANSIENT_ERRORS, EventProducer, TransientError, ensure_topics
+from shared.processed import InvalidMeta, ProcessedMeta, SourceObjects, SplitRows, load_meta
 from shared.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -118,26 +119,30 @@ def _read_source(store: ObjectStore, bucket: str, key: str) -> bytes:
 
 
 def _claims(
-    settings: PreprocessSettings, digest: str, rows: dict[str, int], sizes: dict[str, int]
+    settings: PreprocessSettings, digest: str, rows: SplitRows, sizes: dict[str, int]
 ) -> tuple[DataClaim, DataClaim]:
     keys = processed_keys(digest)
-    common = {
-        "bucket": settings.BUCKET_PROCESSED,
-        "meta_object": keys["meta"],
-        "test_object": keys["test"],
-        "test_rows": rows["test"],
-        "config_hash": digest,
-        "identifier": settings.identifier,
-        "dataset": settings.DATASET_NAME,
-    }
-    training = DataClaim(object=keys["train"], size=sizes["train"], rows=rows["train"], **common)
+
+    def claim(split: str, split_rows: int) -> DataClaim:
+        return DataClaim(
+            bucket=settings.BUCKET_PROCESSED,
+            object=keys[split],
+            size=sizes[split],
+            rows=split_rows,
+            meta_object=keys["meta"],
+            test_object=keys["test"],
+            test_rows=rows.test,
+            config_hash=digest,
+            identifier=settings.identifier,
+            dataset=settings.DATASET_NAME,
+        )
+
     # DESIGN.md: inference-data carries "the same claim shape for the test split", so `object`
     # points at the test split there (and `test_object` stays the test split in both).
-    inference = DataClaim(object=keys["test"], size=sizes["test"], rows=rows["test"], **common)
-    return training, inference
+    return claim("train", rows.train), claim("test", rows.test)
 
 
-def _existing(store: ObjectStore, bucket: str, digest: str) -> dict[str, Any] | None:
+def _existing(store: ObjectStore, bucket: str, digest: str) -> ProcessedMeta | None:
     """meta.json of a complete earlier run of the same hash, or None."""
     keys = processed_keys(digest)
     if not store.exists(bucket, keys["meta"]):
@@ -146,11 +151,11 @@ def _existing(store: ObjectStore, bucket: str, digest: str) -> dict[str, Any] | 
         log.warning("processed set incomplete; processing again", extra={"config_hash": digest})
         return None
     try:
-        meta = store.get_json(bucket, keys["meta"])
-    except ValueError:
-        log.warning("meta.json is not valid JSON; processing again", extra={"config_hash": digest})
+        meta = load_meta(store, bucket, keys["meta"])
+    except InvalidMeta as exc:
+        log.warning("meta.json unusable; processing again", extra={"config_hash": digest, "error": str(exc)})
         return None
-    if not isinstance(meta, dict) or meta.get("config_hash") != digest:
+    if meta.config_hash != digest:
         log.warning("meta.json names another hash; processing again", extra={"config_hash": digest})
         return None
     return meta
@@ -182,9 +187,9 @@ def run_job(settings: PreprocessSettings, store: ObjectStore, producer: EventPro
     meta = _existing(store, processed_bucket, digest)
     reused = meta is not None
     if meta is not None:
-        rows = {"train": int(meta["rows"]["train"]), "test": int(meta["rows"]["test"])}
+        rows = meta.rows
         sizes = {split: store.size(processed_bucket, keys[split]) for split in ("train", "test")}
-        log.info("already processed; reusing the objects", extra={**ctx, "rows": rows})
+        log.info("already processed; reusing the objects", extra={**ctx, "rows": rows.model_dump()})
     else:
         with timer.step("parse", **ctx):
             train_raw = read_raw_csv(sources[settings.train_object], "train")
@@ -198,33 +203,31 @@ def run_job(settings: PreprocessSettings, store: ObjectStore, producer: EventPro
                 extra={**ctx, "split": split, "repair_count": repair_count(report), "repairs": report},
             )
         log.info("scaler", extra={**ctx, **prepared.repairs["scaler"]})
-        rows = {"train": len(prepared.train), "test": len(prepared.test)}
+        rows = SplitRows(train=len(prepared.train), test=len(prepared.test))
         with timer.step("write", **ctx):
             sizes = {
                 "train": store.put_parquet(processed_bucket, keys["train"], prepared.train),
                 "test": store.put_parquet(processed_bucket, keys["test"], prepared.test),
             }
-            meta = {
-                "config_hash": digest,
-                "dataset": settings.DATASET_NAME,
-                "identifier": settings.identifier,
-                "config": {**config, "extra_hash_salt": settings.EXTRA_HASH_SALT},
-                "source_digests": digests,
-                "source_objects": {
-                    "bucket": dataset_bucket,
-                    "train": settings.train_object,
-                    "test": settings.test_object,
-                },
-                "columns": list(FEATURE_COLUMNS),
-                "rows": rows,
-                "scaler": prepared.scaler.to_dict(),
-                "step_seconds": STEP_SECONDS,
-                "repairs": prepared.repairs,
-                "sampling": prepared.sampling,
-                "created_at": datetime.now(UTC).isoformat(),
-            }
+            meta = ProcessedMeta(
+                config_hash=digest,
+                dataset=settings.DATASET_NAME,
+                identifier=settings.identifier,
+                config={**config, "extra_hash_salt": settings.EXTRA_HASH_SALT},
+                source_digests=digests,
+                source_objects=SourceObjects(
+                    bucket=dataset_bucket, train=settings.train_object, test=settings.test_object
+                ),
+                columns=FEATURE_COLUMNS,
+                rows=rows,
+                scaler=prepared.scaler,
+                step_seconds=STEP_SECONDS,
+                repairs=prepared.repairs,
+                sampling=prepared.sampling,
+                created_at=datetime.now(UTC),
+            )
             # Written last: its presence marks a complete set for the next run of the same hash.
-            store.put_json(processed_bucket, keys["meta"], meta)
+            store.put_json(processed_bucket, keys["meta"], meta.model_dump(mode="json"))
 
     training, inference = _claims(settings, digest, rows, sizes)
     with timer.step("publish", **ctx):
@@ -233,7 +236,13 @@ def run_job(settings: PreprocessSettings, store: ObjectStore, producer: EventPro
     timer.timings["total"] = round(time.perf_counter() - started, 4)
     log.info(
         "preprocess finished",
-        extra={**ctx, "reused": reused, "rows": rows, "sizes": sizes, "timings": timer.timings},
+        extra={
+            **ctx,
+            "reused": reused,
+            "rows": rows.model_dump(),
+            "sizes": sizes,
+            "timings": timer.timings,
+        },
     )
     return JobResult(digest, reused, training, inference, timer.timings)
 

@@ -12,8 +12,8 @@ Pure logic (no object store, no Kafka): the preprocess job and `bench/accuracy.p
 
 Order of work, per split: parse, clean and repair (below); then the scaler is fitted on the whole
 cleaned train split; then each split is sampled; then the KPIs are scaled and the six time features
-added. Fitting before sampling follows the issue (clean, features, fit, sample) and keeps the scaler
-of a sampled run equal to the full run's, so sampled rows always lie inside [0, 1].
+added. Fitting before sampling keeps the scaler of a sampled run equal to the full run's, so sampled
+rows always lie inside [0, 1] and models trained on a sample score in the same units.
 
 Repairs (each counted in the split's report):
 - columns other than `time` and the 11 KPIs are ignored and listed (`ignored_columns`);

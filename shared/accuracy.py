@@ -14,8 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from shared.data import KPI_COLUMNS, MinMaxScaler
+
+Floats = npt.NDArray[np.float64]
 
 # Metrics every SUCCESS event must carry (DESIGN.md, model-training events).
 SUMMARY_METRICS: tuple[str, ...] = (
@@ -28,7 +31,7 @@ SUMMARY_METRICS: tuple[str, ...] = (
 )
 
 
-def _as_2d(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _as_2d(predicted: npt.ArrayLike, actual: npt.ArrayLike) -> tuple[Floats, Floats]:
     pred = np.asarray(predicted, dtype=np.float64)
     true = np.asarray(actual, dtype=np.float64)
     if pred.shape != true.shape:
@@ -40,18 +43,18 @@ def _as_2d(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.nd
     return pred, true
 
 
-def per_column_mse(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+def per_column_mse(predicted: npt.ArrayLike, actual: npt.ArrayLike) -> Floats:
     pred, true = _as_2d(predicted, actual)
-    return np.mean((pred - true) ** 2, axis=0)
+    return np.asarray(np.mean((pred - true) ** 2, axis=0), dtype=np.float64)
 
 
-def per_column_rmse(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+def per_column_rmse(predicted: npt.ArrayLike, actual: npt.ArrayLike) -> Floats:
     return np.sqrt(per_column_mse(predicted, actual))
 
 
-def per_column_mae(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+def per_column_mae(predicted: npt.ArrayLike, actual: npt.ArrayLike) -> Floats:
     pred, true = _as_2d(predicted, actual)
-    return np.mean(np.abs(pred - true), axis=0)
+    return np.asarray(np.mean(np.abs(pred - true), axis=0), dtype=np.float64)
 
 
 def rmse(predicted: np.ndarray, actual: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 TIME_COLUMN = "time"
@@ -81,14 +82,14 @@ class MinMaxScaler:
         lo = np.where(np.isfinite(lo), lo, 0.0)
         return cls(tuple(columns), tuple(float(v) for v in lo), tuple(float(v) for v in span))
 
-    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(self.data_min), np.asarray(self.data_range)
+    def _arrays(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        return np.asarray(self.data_min, dtype=np.float64), np.asarray(self.data_range, dtype=np.float64)
 
-    def transform_array(self, values: np.ndarray) -> np.ndarray:
+    def transform_array(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
         lo, span = self._arrays()
         return (np.asarray(values, dtype=np.float64) - lo) / span
 
-    def inverse_array(self, values: np.ndarray) -> np.ndarray:
+    def inverse_array(self, values: npt.ArrayLike) -> npt.NDArray[np.float64]:
         lo, span = self._arrays()
         return np.asarray(values, dtype=np.float64) * span + lo
 
@@ -112,16 +113,31 @@ class MinMaxScaler:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> MinMaxScaler:
+        """Rebuild from `to_dict` output; ValueError names what is missing or malformed."""
         if data.get("kind") != "minmax":
             raise ValueError(f"unknown scaler kind {data.get('kind')!r}")
-        columns = tuple(str(c) for c in data["columns"])  # type: ignore[union-attr]
-        lo = tuple(float(v) for v in data["data_min"])  # type: ignore[union-attr]
-        span = tuple(float(v) for v in data["data_range"])  # type: ignore[union-attr]
+        columns = tuple(str(c) for c in _json_list(data, "columns"))
+        lo = tuple(_json_number(v) for v in _json_list(data, "data_min"))
+        span = tuple(_json_number(v) for v in _json_list(data, "data_range"))
         if not (len(columns) == len(lo) == len(span)):
             raise ValueError("scaler columns, data_min and data_range differ in length")
         if not all(math.isfinite(v) for v in lo + span) or any(v <= 0 for v in span):
             raise ValueError("scaler parameters must be finite with positive ranges")
         return cls(columns, lo, span)
+
+
+def _json_list(data: Mapping[str, object], key: str) -> list[object]:
+    value = data.get(key)
+    if not isinstance(value, list):
+        raise ValueError(f"scaler {key} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _json_number(value: object) -> float:
+    # bool is an int to Python but never a scaler parameter; strings would parse but are not numbers.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"scaler parameter {value!r} is not a number")
+    return float(value)
 
 
 def make_windows(

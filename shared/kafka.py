@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+
+# confluent_kafka.admin (NewTopic's documented import path) re-exports it without `as` or __all__,
+# so a strict checker does not count it as exported.
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import BaseModel, ValidationError
 
 from shared.events import SCHEMA_VERSION, DeadLetter, dlq_topic, to_json_bytes
@@ -155,8 +158,9 @@ def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
 class EventProducer:
     """A producer whose `publish` returns only once the broker acknowledged the message.
 
-    Idempotence stays off: against a restarted in-memory broker an idempotent producer never
-    recovers (unknown producer id), see INFRA-NOTES.
+    Idempotence stays off: after the in-memory broker restarts, it no longer knows the producer
+    id an idempotent producer was given, and such a producer never recovers (every send fails
+    with an unknown producer id) until the process restarts.
     """
 
     def __init__(self, bootstrap: str, client_id: str) -> None:
@@ -201,6 +205,15 @@ class MessageContext:
     partition: int
     offset: int
     key: str | None
+
+    @classmethod
+    def of(cls, msg: Message) -> MessageContext:
+        """Where a consumed message came from. A message that poll() returned without an error
+        always has a topic, partition and offset; anything else is refused."""
+        topic, partition, offset, key = msg.topic(), msg.partition(), msg.offset(), msg.key()
+        if topic is None or partition is None or offset is None:
+            raise ValueError(f"not a consumed message: topic={topic} partition={partition} offset={offset}")
+        return cls(topic, partition, offset, key.decode("utf-8", "replace") if key else None)
 
     def log_extra(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
@@ -253,19 +266,17 @@ def send_to_dlq(producer: EventProducer, msg: Message, error: str, service: str)
     payload = raw[:DLQ_PAYLOAD_LIMIT].decode("utf-8", "replace")
     if len(raw) > DLQ_PAYLOAD_LIMIT:
         payload += f"...[truncated, {len(raw)} bytes in all]"
+    origin = MessageContext.of(msg)
     letter = DeadLetter(
         error=error,
         payload=payload,
-        topic=msg.topic(),
-        partition=msg.partition(),
-        offset=msg.offset(),
+        topic=origin.topic,
+        partition=origin.partition,
+        offset=origin.offset,
         service=service,
     )
-    extra = {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(), "error": error}
-    log.warning("message sent to DLQ", extra=extra)
-    producer.publish(
-        dlq_topic(msg.topic()), msg.key().decode("utf-8", "replace") if msg.key() else None, letter
-    )
+    log.warning("message sent to DLQ", extra={**origin.log_extra(), "error": error})
+    producer.publish(dlq_topic(origin.topic), origin.key, letter)
 
 
 class ConsumerLoop:
@@ -352,8 +363,9 @@ class ConsumerLoop:
                     if self.on_idle is not None:
                         self.on_idle()
                     continue
-                if msg.error():
-                    self._log_client_error(msg.error())
+                error = msg.error()
+                if error is not None:
+                    self._log_client_error(error)
                     continue
                 if not self.process(msg):
                     break
@@ -368,12 +380,7 @@ class ConsumerLoop:
 
     def process(self, msg: Message) -> bool:
         """Handle one message. Returns False when the loop must stop without committing."""
-        ctx = MessageContext(
-            topic=msg.topic(),
-            partition=msg.partition(),
-            offset=msg.offset(),
-            key=msg.key().decode("utf-8", "replace") if msg.key() else None,
-        )
+        ctx = MessageContext.of(msg)
         try:
             event = decode(msg.value(), self.topics[ctx.topic])
         except PoisonMessage as exc:

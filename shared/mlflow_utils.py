@@ -38,7 +38,8 @@ def configure_mlflow_client(timeout_s: int = 20, max_retries: int = 1) -> None:
     from mlflow.telemetry.client import set_telemetry_client
 
     # mlflow set its telemetry client up when it was imported; this re-reads the variable.
-    set_telemetry_client()
+    # mlflow declares no return type on this function, so a strict checker sees it as untyped.
+    set_telemetry_client()  # type: ignore[no-untyped-call]
 
 
 def mlflow_unreachable(exc: BaseException) -> bool:
@@ -89,7 +90,8 @@ def mlflow_answers(tracking_uri: str, timeout_s: float = 3.0) -> bool:
     url = f"{tracking_uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return response.status == 200
+            status: int = response.status
+            return status == 200
     except urllib.error.HTTPError as exc:
         # 404 RESOURCE_DOES_NOT_EXIST still proves the API is serving.
         return exc.code == 404

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 
 def plot_forecast(
@@ -47,12 +48,7 @@ def plot_forecast(
         ax.legend(loc="upper right", fontsize=8)
     axes[0, 0].set_title(title or "forecast vs actual, one step ahead")
     fig.autofmt_xdate()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_loss_curve(
@@ -78,9 +74,14 @@ def plot_loss_curve(
     ax.set_title(title or "loss curve")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
+    # pyplot keeps every open figure alive; a long-running trainer would leak one per run.
     plt.close(fig)
     return path

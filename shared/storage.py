@@ -97,7 +97,9 @@ class ObjectStore:
             if _error_code(exc) in _MISSING_CODES:
                 raise ObjectNotFound(bucket, key) from None
             raise
-        return response["Body"].read()
+        # boto3 ships no type information: the body's read() is declared here as what S3 returns.
+        data: bytes = response["Body"].read()
+        return data
 
     def exists(self, bucket: str, key: str) -> bool:
         try:

@@ -10,7 +10,8 @@ Handler order for one `training-data` claim (commit happens in ConsumerLoop afte
    a claim re-published by preprocess, still reach a decision without any retraining.
 2. Orphaned RUNNING runs of the same pair (a trainer killed with -9) are marked KILLED.
 3. A new MLflow run is created and RUNNING is published with its run id.
-4. Parquet + meta.json are read; a missing or unreadable object -> FAILED + DLQ (PoisonMessage).
+4. Parquet + meta.json are read; a missing or unreadable object, or a meta.json that breaks the
+   contract (shared.processed) -> FAILED + DLQ (PoisonMessage).
 5. Fit, score on the contract's rows, log metrics/artifacts, mark the run FINISHED, publish
    SUCCESS, return.
 Failures: divergence or unusable data -> run FAILED, FAILED event, DLQ. MLflow unreachable after
@@ -23,6 +24,7 @@ ShutdownRequested: nothing is committed and the claim is trained again after res
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import tempfile
@@ -40,7 +42,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from shared.accuracy import evaluation_rows, forecast_metrics
-from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS
 from shared.events import DataClaim, ModelType, TrainingEvent, TrainingStatus, dlq_topic
 from shared.kafka import (
     ConsumerLoop,
@@ -63,8 +65,9 @@ from shared.mlflow_utils import (
     wait_for_mlflow,
 )
 from shared.plots import plot_forecast, plot_loss_curve
+from shared.processed import InvalidMeta, ProcessedMeta, load_meta
 from shared.retry import Backoff, RetryBudgetExhausted, RetryStopped, retry_call
-from shared.settings.trainer import TrainerSettings
+from shared.settings.trainer import ParamValue, TrainerSettings
 from shared.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -105,8 +108,8 @@ class ModelTrainer(Protocol):
 
     model_type: ModelType
 
-    def params(self) -> dict[str, Any]:
-        """Hyperparameters to log (without model_type/config_hash/sequence lengths)."""
+    def params(self) -> dict[str, ParamValue]:
+        """Hyperparameters to log as MLflow params; the service adds the claim's and the window's."""
         ...
 
     def fit(
@@ -127,8 +130,7 @@ class ModelTrainer(Protocol):
 class ProcessedData:
     train: pd.DataFrame
     test: pd.DataFrame
-    meta: dict[str, Any]
-    scaler: MinMaxScaler
+    meta: ProcessedMeta
 
 
 def validate_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -318,15 +320,15 @@ class TrainerService:
             tags=tags,
             run_name=self.model_type.value,
         )
-        run_id = run.info.run_id
-        params = {
+        run_id: str = run.info.run_id
+        params: dict[str, ParamValue] = {
+            **self.trainer.params(),
             "model_type": self.model_type.value,
             "config_hash": claim.config_hash,
             "identifier": claim.identifier,
             "dataset": claim.dataset,
             "input_sequence_length": self.settings.INPUT_SEQ_LEN,
             "output_sequence_length": self.settings.OUTPUT_SEQ_LEN,
-            **self.trainer.params(),
         }
         self.mlflow_call(
             "log_params",
@@ -341,27 +343,19 @@ class TrainerService:
         try:
             train = pd.read_parquet(io.BytesIO(self.store.get_bytes(claim.bucket, claim.object)))
             test = pd.read_parquet(io.BytesIO(self.store.get_bytes(claim.bucket, claim.test_object)))
-            meta = self.store.get_json(claim.bucket, claim.meta_object)
-        except ObjectNotFound as exc:
+            meta = load_meta(self.store, claim.bucket, claim.meta_object)
+        except (ObjectNotFound, InvalidMeta) as exc:
             raise PoisonMessage(str(exc)) from exc
         except (pyarrow.ArrowException, OSError, ValueError) as exc:
             if isinstance(exc, ConnectionError | TimeoutError):
                 raise
             raise PoisonMessage(f"unreadable processed data for {claim.config_hash}: {exc}") from exc
-        if not isinstance(meta, dict) or "scaler" not in meta:
-            raise PoisonMessage(f"s3://{claim.bucket}/{claim.meta_object} has no scaler")
-        try:
-            scaler = MinMaxScaler.from_dict(meta["scaler"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PoisonMessage(f"invalid scaler in meta.json: {exc}") from exc
-        if list(scaler.columns) != list(KPI_COLUMNS):
-            raise PoisonMessage(f"scaler columns {list(scaler.columns)} differ from {list(KPI_COLUMNS)}")
         test = validate_frame(test, "test split")
         if len(test) <= self.settings.INPUT_SEQ_LEN:
             raise PoisonMessage(
                 f"test split has {len(test)} rows; need more than {self.settings.INPUT_SEQ_LEN}"
             )
-        return ProcessedData(validate_frame(train, "train split"), test, meta, scaler)
+        return ProcessedData(validate_frame(train, "train split"), test, meta)
 
     def _fit(self, claim: DataClaim, data: ProcessedData, run_id: str) -> FitOutcome:
         if self._fitted is not None and self._fitted[0] == claim.config_hash:
@@ -398,7 +392,7 @@ class TrainerService:
         if outcome.predictions.shape != actual.shape:
             raise FitFailed(f"predictions of shape {outcome.predictions.shape}, expected {actual.shape}")
         try:
-            metrics = forecast_metrics(outcome.predictions, actual, baseline, data.scaler)
+            metrics = forecast_metrics(outcome.predictions, actual, baseline, data.meta.scaler)
         except ValueError as exc:
             raise FitFailed(str(exc)) from exc
         summary = {**metrics, **outcome.extra_metrics, "fit_seconds": fit_seconds}
@@ -434,10 +428,10 @@ class TrainerService:
         type_name = self.model_type.value
         outcome.save_model(root / type_name)
         (root / "scaler").mkdir()
-        (root / "scaler" / "scaler.json").write_text(_json(data.scaler.to_dict()))
+        (root / "scaler" / "scaler.json").write_text(_json(data.meta.scaler.to_dict()))
         (root / "preprocess").mkdir()
-        (root / "preprocess" / "preprocess_config.json").write_text(_json(data.meta))
-        inverse = data.scaler.inverse_array
+        (root / "preprocess" / "preprocess_config.json").write_text(_json(data.meta.model_dump(mode="json")))
+        inverse = data.meta.scaler.inverse_array
         plot_forecast(
             timestamps,
             inverse(actual),
@@ -482,8 +476,6 @@ class TrainerService:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, indent=2, sort_keys=True, default=str)
 
 
@@ -530,6 +522,8 @@ def _consume_claims(
         settings,
         group_id=settings.group_id(),
         topics={settings.TOPIC_TRAINING_DATA: DataClaim},
+        # The loop hands the handler the model registered for its topic (a DataClaim), which a
+        # Callable[[BaseModel, ...]] cannot say.
         handler=service_obj.handle,  # type: ignore[arg-type]
         service=service,
         producer=producer,

@@ -1,4 +1,4 @@
-"""The GRU/LSTM part of the trainer: settings -> TrainConfig -> train_container.training."""
+"""The GRU/LSTM part of the trainer: settings -> RecurrentHyperparameters -> train_container.training."""
 
 from __future__ import annotations
 
@@ -6,46 +6,25 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
 
 from shared.events import ModelType
 from shared.model_runtime.networks import save_model
+from shared.settings.trainer import ParamValue
 from shared.trainer_service import EpochRecord, FitFailed, FitOutcome, FitStopped
 from train_container.settings import TrainSettings
 from train_container.training import (
+    GRAD_CLIP,
     EpochLoss,
     NotEnoughData,
-    TrainConfig,
     TrainingDiverged,
     TrainingStopped,
     one_step_predictions,
     pick_device,
     train_recurrent,
 )
-
-
-def config_from_settings(settings: TrainSettings) -> TrainConfig:
-    return TrainConfig(
-        model_type=settings.MODEL_TYPE,
-        input_seq_len=settings.INPUT_SEQ_LEN,
-        output_seq_len=settings.OUTPUT_SEQ_LEN,
-        epochs=settings.EPOCHS,
-        batch_size=settings.BATCH_SIZE,
-        learning_rate=settings.LEARNING_RATE,
-        hidden_size=settings.HIDDEN_SIZE,
-        num_layers=settings.NUM_LAYERS,
-        dropout=settings.DROPOUT,
-        patience=settings.PATIENCE,
-        validation_fraction=settings.VALIDATION_FRACTION,
-        seed=settings.SEED,
-        max_train_seconds=settings.MAX_TRAIN_SECONDS,
-        loss=settings.LOSS,
-        huber_delta=settings.HUBER_DELTA,
-        lr_schedule=settings.LR_SCHEDULE,
-    )
 
 
 def configure_torch_threads(requested: int) -> int:
@@ -59,15 +38,12 @@ class RecurrentTrainer:
     """Fits the GRU or LSTM named by MODEL_TYPE with train_container.training (the bench's code path)."""
 
     def __init__(self, settings: TrainSettings) -> None:
-        self.config = config_from_settings(settings)
+        self.hyperparameters = settings.hyperparameters()
         self.model_type = ModelType(settings.MODEL_TYPE)
         self.device = pick_device(settings.USE_CUDA)
 
-    def params(self) -> dict[str, Any]:
-        params = self.config.params()
-        for key in ("model_type", "input_sequence_length", "output_sequence_length"):
-            params.pop(key)
-        return params
+    def params(self) -> dict[str, ParamValue]:
+        return {**self.hyperparameters.params(), "grad_clip": GRAD_CLIP}
 
     def fit(
         self,
@@ -82,7 +58,9 @@ class RecurrentTrainer:
                 on_epoch(record.epoch)
 
         try:
-            result = train_recurrent(train, self.config, stop=stop, device=self.device, on_epoch=report)
+            result = train_recurrent(
+                train, self.hyperparameters, stop=stop, device=self.device, on_epoch=report
+            )
         except TrainingStopped as exc:
             raise FitStopped(str(exc)) from exc
         except (TrainingDiverged, NotEnoughData) as exc:

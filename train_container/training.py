@@ -4,9 +4,10 @@ The service and `bench/accuracy.py` call the same `train_recurrent`, so the benc
 the pipeline ships. Early stopping watches a validation tail of the train split (never the test
 split); the weights of the best epoch are restored before evaluation.
 
-Defaults are sized for CPU (issue 7: three trainers share 2 cores in the pipeline): a one-cycle
-learning-rate schedule over 20 epochs matches the accuracy of 30-50 plateau-scheduled epochs, and
-a single GRU layer is as accurate as two at half the cost (bench/accuracy.py).
+The hyperparameters are `RecurrentHyperparameters` (train_container.settings). Their defaults are
+sized for CPU, where three trainers share 2 cores in the pipeline: a one-cycle learning-rate
+schedule over 20 epochs matches the accuracy of 30-50 plateau-scheduled epochs, and a single GRU
+layer is as accurate as two at half the cost (bench/accuracy.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,7 @@ from torch import nn
 
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, make_windows
 from shared.model_runtime.networks import ModelSpec, RecurrentNetwork, build_model
+from train_container.settings import RecurrentHyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -41,73 +44,23 @@ class NotEnoughData(ValueError):
     """The split is too short for the requested windows and validation tail."""
 
 
-# Depth per model type when none is asked for: on PobleSec (bench/accuracy.py, one-cycle, 20 epochs)
-# a second GRU layer doubled the cost without gaining accuracy, while one LSTM layer fell short of
-# the bar on `up` for some seeds and two layers met it.
-DEFAULT_NUM_LAYERS = {"GRU": 1, "LSTM": 2}
+# Gradient-norm clip of every step. Not a setting: on scaled KPIs one norm suits every run; it is
+# still logged with the run's params so runs stay comparable if it ever changes.
+GRAD_CLIP = 1.0
+# A validation loss this many times the first epoch's is beyond anything a working run reaches:
+# the run has exploded and its weights are useless.
+DIVERGENCE_FACTOR = 1e3
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyperparameters of one recurrent training run (mirrors TrainSettings)."""
-
-    model_type: str
-    input_seq_len: int = 10
-    output_seq_len: int = 1
-    epochs: int = 20
-    batch_size: int = 256
-    learning_rate: float = 1e-2
-    hidden_size: int = 64
-    num_layers: int = 0  # 0 = DEFAULT_NUM_LAYERS of the model type
-    dropout: float = 0.1
-    patience: int = 10
-    validation_fraction: float = 0.15
-    seed: int = 42
-    max_train_seconds: float = 100.0
-    loss: str = "huber"
-    huber_delta: float = 0.2
-    grad_clip: float = 1.0
-    # "onecycle": warm up to learning_rate, then anneal to ~0 over `epochs` (stepped per batch);
-    # "plateau": constant learning_rate, halved after patience/3 epochs without improvement.
-    lr_schedule: str = "onecycle"
-    # An epoch whose validation loss exceeds this multiple of the first epoch's counts as divergence.
-    divergence_factor: float = 1e3
-
-    def __post_init__(self) -> None:
-        if self.num_layers == 0:
-            object.__setattr__(self, "num_layers", DEFAULT_NUM_LAYERS.get(self.model_type, 2))
-
-    def spec(self) -> ModelSpec:
-        return ModelSpec(
-            model_type=self.model_type,
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            dropout=self.dropout,
-            input_seq_len=self.input_seq_len,
-            output_seq_len=self.output_seq_len,
-        )
-
-    def params(self) -> dict[str, str | int | float]:
-        """MLflow params, named as DESIGN.md lists them."""
-        return {
-            "model_type": self.model_type,
-            "input_sequence_length": self.input_seq_len,
-            "output_sequence_length": self.output_seq_len,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "hidden_size": self.hidden_size,
-            "num_layers": self.num_layers,
-            "dropout": self.dropout,
-            "patience": self.patience,
-            "validation_fraction": self.validation_fraction,
-            "seed": self.seed,
-            "max_train_seconds": self.max_train_seconds,
-            "loss": self.loss,
-            "huber_delta": self.huber_delta,
-            "grad_clip": self.grad_clip,
-            "lr_schedule": self.lr_schedule,
-        }
+def model_spec(config: RecurrentHyperparameters) -> ModelSpec:
+    return ModelSpec(
+        model_type=config.MODEL_TYPE,
+        hidden_size=config.HIDDEN_SIZE,
+        num_layers=config.NUM_LAYERS,
+        dropout=config.DROPOUT,
+        input_seq_len=config.INPUT_SEQ_LEN,
+        output_seq_len=config.OUTPUT_SEQ_LEN,
+    )
 
 
 @dataclass(frozen=True)
@@ -149,7 +102,7 @@ def frame_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_windows(
-    features: np.ndarray, targets: np.ndarray, config: TrainConfig
+    features: np.ndarray, targets: np.ndarray, config: RecurrentHyperparameters
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Windows for training and for the validation tail of the train split.
 
@@ -158,56 +111,52 @@ def split_windows(
     validation inputs may reach back before the cut, as they would at inference time.
     """
     rows = len(features)
-    val_rows = max(config.output_seq_len, round(rows * config.validation_fraction))
+    val_rows = max(config.OUTPUT_SEQ_LEN, round(rows * config.VALIDATION_FRACTION))
     cut = rows - val_rows
     train_x, train_y = make_windows(
-        features[:cut], targets[:cut], config.input_seq_len, config.output_seq_len
+        features[:cut], targets[:cut], config.INPUT_SEQ_LEN, config.OUTPUT_SEQ_LEN
     )
-    start = cut - config.input_seq_len
+    start = cut - config.INPUT_SEQ_LEN
     val_x, val_y = make_windows(
-        features[start:], targets[start:], config.input_seq_len, config.output_seq_len
+        features[start:], targets[start:], config.INPUT_SEQ_LEN, config.OUTPUT_SEQ_LEN
     )
     if len(train_x) < 1 or len(val_x) < 1:
         raise NotEnoughData(
             f"{rows} rows give {len(train_x)} training and {len(val_x)} validation windows "
-            f"(input {config.input_seq_len}, output {config.output_seq_len}, "
-            f"validation fraction {config.validation_fraction})"
+            f"(input {config.INPUT_SEQ_LEN}, output {config.OUTPUT_SEQ_LEN}, "
+            f"validation fraction {config.VALIDATION_FRACTION})"
         )
     return (train_x, train_y), (val_x, val_y)
 
 
-def _loss_fn(name: str, huber_delta: float) -> nn.Module:
+def _loss_fn(name: Literal["mse", "huber", "mae"], huber_delta: float) -> nn.Module:
     if name == "mse":
         return nn.MSELoss()
     if name == "huber":
         # delta is in scaled units: errors beyond delta of the train range count linearly, so
         # the rare traffic bursts persistence cannot foresee do not dominate the gradient.
         return nn.HuberLoss(delta=huber_delta)
-    if name == "mae":
-        return nn.L1Loss()
-    raise ValueError(f"unknown loss {name!r}; use mse, huber or mae")
+    return nn.L1Loss()
 
 
 def _scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, batches_per_epoch: int
+    optimizer: torch.optim.Optimizer, config: RecurrentHyperparameters, batches_per_epoch: int
 ) -> tuple[torch.optim.lr_scheduler.ReduceLROnPlateau | None, torch.optim.lr_scheduler.OneCycleLR | None]:
     """(per-epoch plateau scheduler, per-batch one-cycle scheduler); exactly one is set."""
-    if config.lr_schedule == "plateau":
+    if config.LR_SCHEDULE == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=0.5, patience=max(1, config.patience // 3)
+            optimizer, factor=0.5, patience=max(1, config.PATIENCE // 3)
         )
         return plateau, None
-    if config.lr_schedule == "onecycle":
-        cycle = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=config.learning_rate,
-            # OneCycleLR divides by (pct_start * total_steps - 1): at least 8 steps keep that
-            # positive for tiny runs (tests, sampled data), which then simply end before the anneal does.
-            total_steps=max(8, config.epochs * batches_per_epoch),
-            pct_start=0.25,
-        )
-        return None, cycle
-    raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use plateau or onecycle")
+    cycle = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.LEARNING_RATE,
+        # OneCycleLR divides by (pct_start * total_steps - 1): at least 8 steps keep that
+        # positive for tiny runs (tests, sampled data), which then simply end before the anneal does.
+        total_steps=max(8, config.EPOCHS * batches_per_epoch),
+        pct_start=0.25,
+    )
+    return None, cycle
 
 
 @torch.no_grad()
@@ -222,22 +171,23 @@ def _mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: nn.Modu
 
 def train_recurrent(
     train_frame: pd.DataFrame,
-    config: TrainConfig,
+    config: RecurrentHyperparameters,
     *,
     stop: threading.Event | None = None,
     device: torch.device | None = None,
     on_epoch: Callable[[EpochLoss], None] | None = None,
+    divergence_factor: float = DIVERGENCE_FACTOR,
 ) -> TrainResult:
     """Train a GRU/LSTM with early stopping on the train split's tail; restore the best epoch.
 
-    Stops at `epochs`, after `patience` epochs without validation improvement, or when
-    `max_train_seconds` of training have passed (the best weights so far are kept). Raises
+    Stops at EPOCHS, after PATIENCE epochs without validation improvement, or when
+    MAX_TRAIN_SECONDS of training have passed (the best weights so far are kept). Raises
     TrainingStopped when `stop` is set (checked between batches) and TrainingDiverged on a
-    non-finite or exploding loss.
+    non-finite loss or a validation loss above `divergence_factor` times the first epoch's.
     """
     device = device or pick_device()
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
+    torch.manual_seed(config.SEED)
+    np.random.seed(config.SEED)
     features, targets = frame_arrays(train_frame)
     (train_x, train_y), (val_x, val_y) = split_windows(features, targets, config)
     x = torch.from_numpy(train_x).to(device)
@@ -245,35 +195,34 @@ def train_recurrent(
     vx = torch.from_numpy(val_x).to(device)
     vy = torch.from_numpy(val_y).to(device)
 
-    model = build_model(config.spec()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    batches_per_epoch = math.ceil(len(x) / config.batch_size)
+    model = build_model(model_spec(config)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.LEARNING_RATE)
+    batches_per_epoch = math.ceil(len(x) / config.BATCH_SIZE)
     plateau, cycle = _scheduler(optimizer, config, batches_per_epoch)
-    loss_fn = _loss_fn(config.loss, config.huber_delta)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    loss_fn = _loss_fn(config.LOSS, config.HUBER_DELTA)
+    generator = torch.Generator(device="cpu").manual_seed(config.SEED)
     result = TrainResult(model=model, device=str(device))
     best_state: dict[str, torch.Tensor] | None = None
     first_val: float | None = None
     stale = 0
     started = time.monotonic()
-    eval_batch = max(config.batch_size, 2048)
+    eval_batch = max(config.BATCH_SIZE, 2048)
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, config.EPOCHS + 1):
         epoch_start = time.monotonic()
         model.train()
         order = torch.randperm(len(x), generator=generator).to(device)
         running, seen = 0.0, 0
-        for start in range(0, len(x), config.batch_size):
+        for start in range(0, len(x), config.BATCH_SIZE):
             if stop is not None and stop.is_set():
                 raise TrainingStopped(f"stop requested during epoch {epoch}")
-            index = order[start : start + config.batch_size]
+            index = order[start : start + config.BATCH_SIZE]
             optimizer.zero_grad(set_to_none=True)
             batch_loss = loss_fn(model(x[index]), y[index])
             if not torch.isfinite(batch_loss):
                 raise TrainingDiverged(f"non-finite training loss in epoch {epoch}")
             batch_loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
             optimizer.step()
             if cycle is not None:
                 cycle.step()
@@ -283,7 +232,7 @@ def train_recurrent(
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"non-finite validation loss in epoch {epoch}")
         first_val = val_loss if first_val is None else first_val
-        if val_loss > config.divergence_factor * max(first_val, 1e-12):
+        if val_loss > divergence_factor * max(first_val, 1e-12):
             raise TrainingDiverged(
                 f"validation loss {val_loss:.3g} in epoch {epoch} exploded from {first_val:.3g}"
             )
@@ -305,15 +254,15 @@ def train_recurrent(
         else:
             stale += 1
         elapsed = time.monotonic() - started
-        if stale >= config.patience:
+        if stale >= config.PATIENCE:
             result.stop_reason = f"early stop: no improvement for {stale} epochs"
             break
         # Stop before an epoch that would likely end past the cap, not after it.
-        if elapsed + record.seconds > config.max_train_seconds:
-            result.stop_reason = f"time cap of {config.max_train_seconds:.0f}s reached"
+        if elapsed + record.seconds > config.MAX_TRAIN_SECONDS:
+            result.stop_reason = f"time cap of {config.MAX_TRAIN_SECONDS:.0f}s reached"
             break
     else:
-        result.stop_reason = f"reached {config.epochs} epochs"
+        result.stop_reason = f"reached {config.EPOCHS} epochs"
 
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -322,7 +271,7 @@ def train_recurrent(
     log.info(
         "training finished",
         extra={
-            "model_type": config.model_type,
+            "model_type": config.MODEL_TYPE,
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss,

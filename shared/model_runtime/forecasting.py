@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 
@@ -38,8 +39,11 @@ class TimestampForecaster(Protocol):
 class Forecast(Protocol):
     """A loaded model ready to answer: what the inference service holds and swaps."""
 
-    input_seq_len: int
-    step: np.timedelta64
+    @property
+    def input_seq_len(self) -> int: ...
+
+    @property
+    def step(self) -> np.timedelta64: ...
 
     def predict(self, timestamps: np.ndarray, kpis: np.ndarray, horizon: int) -> np.ndarray: ...
 
@@ -71,13 +75,14 @@ def time_feature_array(timestamps: np.ndarray) -> np.ndarray:
     return out
 
 
-def future_timestamps(last: np.datetime64, step: np.timedelta64, horizon: int) -> np.ndarray:
+def future_timestamps(last: np.datetime64, step: np.timedelta64, horizon: int) -> npt.NDArray[np.datetime64]:
     """`horizon` timestamps at `step` after `last` (datetime64[ns])."""
-    start = np.datetime64(last, "ns")
-    return start + np.arange(1, horizon + 1, dtype=np.int64) * np.timedelta64(step, "ns")
+    start: npt.NDArray[np.datetime64] = np.asarray(last, dtype="datetime64[ns]")
+    offsets = np.arange(1, horizon + 1, dtype=np.int64) * np.timedelta64(step, "ns")
+    return start + offsets
 
 
-def kpi_scaler_arrays(scaler: MinMaxScaler) -> tuple[np.ndarray, np.ndarray]:
+def kpi_scaler_arrays(scaler: MinMaxScaler) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """(data_min, data_range) in KPI_COLUMNS order; refuses a scaler over other columns."""
     if tuple(scaler.columns) != KPI_COLUMNS:
         raise ValueError(f"scaler columns {list(scaler.columns)} are not the KPI columns {list(KPI_COLUMNS)}")

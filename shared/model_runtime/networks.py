@@ -59,7 +59,9 @@ class RecurrentNetwork(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, input_seq_len, n_features) -> (batch, output_seq_len, n_targets)."""
         encoded, _ = self.rnn(x)
-        delta = self.head(encoded[:, -1, :]).view(-1, self.spec.output_seq_len, self.spec.n_targets)
+        delta: torch.Tensor = self.head(encoded[:, -1, :]).view(
+            -1, self.spec.output_seq_len, self.spec.n_targets
+        )
         last = x[:, -1:, : self.spec.n_targets]
         return last + delta
 

@@ -12,11 +12,16 @@ import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from shared.data import KPI_COLUMNS
+
+if TYPE_CHECKING:
+    # prophet is imported where it is used: importing it costs seconds (cmdstanpy, plotting).
+    from prophet import Prophet
 
 MANIFEST_FILE = "prophet_spec.json"
 MANIFEST_KIND = "prophet-per-kpi"
@@ -38,15 +43,26 @@ class ProphetForecaster:
         missing = [c for c in columns if c not in models]
         if missing:
             raise ValueError(f"no Prophet model for {missing}")
-        self.models = dict(models)
+        self.models = prophet_models(models)
         self.columns = tuple(columns)
 
     def predict(self, timestamps: pd.DatetimeIndex) -> np.ndarray:
         future = pd.DataFrame({"ds": pd.DatetimeIndex(timestamps)})
         out = np.empty((len(future), len(self.columns)), dtype=np.float64)
         for i, column in enumerate(self.columns):
-            out[:, i] = self.models[column].predict(future)["yhat"].to_numpy(dtype=np.float64)  # type: ignore[attr-defined]
+            out[:, i] = self.models[column].predict(future)["yhat"].to_numpy(dtype=np.float64)
         return out
+
+
+def prophet_models(models: Mapping[str, object]) -> dict[str, Prophet]:
+    """`models` checked to be fitted Prophet models (what the trainer's fitting returns)."""
+    from prophet import Prophet
+
+    checked = {kpi: model for kpi, model in models.items() if isinstance(model, Prophet)}
+    others = sorted(set(models) - set(checked))
+    if others:
+        raise TypeError(f"not Prophet models: {others}")
+    return checked
 
 
 def save_prophet_models(models: Mapping[str, object], directory: Path) -> None:
@@ -56,7 +72,7 @@ def save_prophet_models(models: Mapping[str, object], directory: Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    for kpi, model in models.items():
+    for kpi, model in prophet_models(models).items():
         name = f"{kpi}.json"
         (directory / name).write_text(model_to_json(model))
         files[kpi] = name

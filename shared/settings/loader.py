@@ -30,10 +30,10 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_settings(cls: type[S], **overrides: object) -> S:
+def load_settings(cls: type[S]) -> S:
     """Read `cls` from the environment; on failure print one line per variable and exit 2."""
     try:
-        return cls(**overrides)
+        return cls()
     except ValidationError as exc:
         message = f"invalid configuration for {cls.__name__}: {describe_validation_error(exc)}"
         sys.stderr.write(message + "\n")

@@ -1,19 +1,65 @@
-"""Settings every trainer shares; each trainer adds its own hyperparameters in its package."""
+"""Settings every trainer shares, and the base of each trainer's hyperparameters.
+
+A trainer's hyperparameters are declared once, in a `Hyperparameters` model whose fields are named
+as the environment variables that set them; the trainer's settings class inherits that model, so
+the same field is read from the environment, handed to the fitting code (`from_settings`) and
+logged to MLflow (`params`).
+"""
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import BaseModel, Field
 
 from shared.settings.base import BaseServiceSettings
 
+ParamValue = str | int | float | bool
 
-class TrainerSettings(BaseServiceSettings):
+
+class Hyperparameters(BaseModel):
+    """Fields that decide what a trainer fits; every field is an MLflow param of the run."""
+
+    @classmethod
+    def from_settings(cls, settings: BaseModel) -> Self:
+        """This model's fields as `settings` (a settings class that inherits them) read them."""
+        return cls.model_validate(settings.model_dump(include=set(cls.model_fields)))
+
+    def params(self) -> dict[str, ParamValue]:
+        """MLflow params: each field lower-cased, or under its serialization alias when it has one.
+
+        Call it on the model `from_settings` returns: on a settings object it would list every setting.
+        """
+        return {
+            info.serialization_alias or name.lower(): getattr(self, name)
+            for name, info in type(self).model_fields.items()
+        }
+
+
+class WindowShape(Hyperparameters):
+    """The window every trainer is scored on, and the seed of the run."""
+
+    INPUT_SEQ_LEN: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        serialization_alias="input_sequence_length",
+        description="Rows of 17 columns per input window",
+    )
+    OUTPUT_SEQ_LEN: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        serialization_alias="output_sequence_length",
+        description="Rows of 11 KPIs predicted per window",
+    )
+    SEED: int = Field(default=42, ge=0, description="Seed of weights and batch order")
+
+
+class TrainerSettings(BaseServiceSettings, WindowShape):
     """What every trainer shares: the consumer group, the window shape and MLflow retries."""
 
     KAFKA_GROUP_ID: str = Field(default="", description="Consumer group; empty = trainer-<model type>")
-    INPUT_SEQ_LEN: int = Field(default=10, ge=1, le=1000, description="Rows of 17 columns per input window")
-    OUTPUT_SEQ_LEN: int = Field(default=1, ge=1, le=100, description="Rows of 11 KPIs predicted per window")
-    SEED: int = Field(default=42, ge=0, description="Seed of weights and batch order")
     MLFLOW_MAX_RETRIES: int = Field(
         default=4, ge=0, le=50, description="MLflow call attempts beyond the first"
     )

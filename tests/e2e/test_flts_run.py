@@ -7,7 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -26,7 +28,15 @@ SMALL_SAMPLE = [
 STACK_VARIABLES = ("KAFKA_", "MLFLOW_", "AWS_")
 
 
-def flts_run(report_dir: Path, env: dict[str, str], *extra: str, timeout_s: float = 420) -> dict:
+@dataclass(frozen=True)
+class FltsRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    report: dict[str, Any]
+
+
+def run_flts(report_dir: Path, env: dict[str, str], *extra: str, timeout_s: float = 420) -> FltsRun:
     completed = subprocess.run(
         [sys.executable, "-m", "flts_cli.main", "run", "--report-dir", str(report_dir), *extra],
         cwd=REPO_ROOT,
@@ -35,12 +45,23 @@ def flts_run(report_dir: Path, env: dict[str, str], *extra: str, timeout_s: floa
         text=True,
         timeout=timeout_s,
     )
-    report_path = report_dir / "report.json"
-    assert report_path.exists(), completed.stdout[-3000:] + completed.stderr[-3000:]
-    report = json.loads(report_path.read_text())
     output = completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert completed.returncode == 0, (report.get("error"), output)
-    return report
+    report_path = report_dir / "report.json"
+    assert report_path.exists(), output
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    return FltsRun(completed.returncode, completed.stdout, completed.stderr, report)
+
+
+def flts_run(report_dir: Path, env: dict[str, str], *extra: str) -> dict[str, Any]:
+    """The report of a run that must succeed."""
+    run = run_flts(report_dir, env, *extra)
+    assert run.returncode == 0, (run.report.get("error"), run.stdout[-3000:] + run.stderr[-3000:])
+    return run.report
+
+
+def assert_no_service_left(report: dict[str, Any]) -> None:
+    for name, pid in report["stages"]["services"]["detail"]["processes"].items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
 
 
 def test_main_job_on_small_sample_runs_every_stage_and_serves_under_load(tmp_path: Path) -> None:
@@ -59,8 +80,7 @@ def test_main_job_on_small_sample_runs_every_stage_and_serves_under_load(tmp_pat
     for name in ("report.md", "forecast.png", "load_test.png", "logs/inference.log"):
         assert (tmp_path / "report" / name).exists(), name
     # Nothing is left running: no service process, and nothing listens on the stack's ports.
-    for name, pid in report["stages"]["services"]["detail"]["processes"].items():
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
+    assert_no_service_left(report)
     for endpoint in report["stages"]["infrastructure"]["detail"]["endpoints"].values():
         port = int(endpoint.rsplit(":", 1)[1].rstrip("/"))
         with socket.socket() as sock:
@@ -70,7 +90,9 @@ def test_main_job_on_small_sample_runs_every_stage_and_serves_under_load(tmp_pat
 def test_new_salt_promotes_a_second_config_hash_and_same_salt_reuses_processed_data(
     tmp_path: Path, stack: StackConfig, service_env: dict[str, str]
 ) -> None:
-    short_load = ["--load-duration", "3s", "--load-users", "2"]
+    # Locust's --run-time clock starts early in its start-up, which takes seconds on a busy
+    # machine: a shorter duration can end the swarm before its first request.
+    short_load = ["--load-duration", "6s", "--load-users", "2"]
     first = flts_run(tmp_path / "first", service_env, *SMALL_SAMPLE, *short_load, "--salt", "e2e-a")
     second = flts_run(tmp_path / "second", service_env, *SMALL_SAMPLE, *short_load, "--salt", "e2e-b")
 
@@ -87,3 +109,23 @@ def test_new_salt_promotes_a_second_config_hash_and_same_salt_reuses_processed_d
     assert again["stages"]["training"]["status"] == "skipped"
     assert again["promoted"]["run_id"] == second["promoted"]["run_id"]
     assert again["load_test"]["failures"] == 0
+
+
+def test_failing_stage_exits_1_names_the_stage_in_report_and_terminal_and_stops_every_service(
+    tmp_path: Path, service_env: dict[str, str]
+) -> None:
+    # No data/NoSuchSite.csv: the preprocess job refuses, after every service has started.
+    failed = run_flts(tmp_path / "failed", service_env, *SMALL_SAMPLE, "--dataset", "NoSuchSite")
+
+    assert failed.returncode == 1
+    report = failed.report
+    assert report["status"] == "failed"
+    assert report["failed_stage"] == "preprocess"
+    assert report["error"].startswith("exit code ")
+    assert report["stages"]["preprocess"]["status"] == "failed"
+    assert report["stages"]["preprocess"]["error"] == report["error"]
+    assert list(report["stages"]) == ["infrastructure", "services", "preprocess"]
+    assert "flts run FAILED at preprocess: exit code" in failed.stderr
+    assert "preprocess" in failed.stdout and "FAILED" in failed.stdout
+    assert (tmp_path / "failed" / "report.md").exists()
+    assert_no_service_left(report)

@@ -6,19 +6,15 @@ trainers' `model-training` events are published by hand.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -32,8 +28,9 @@ from shared.mlflow_utils import ensure_experiment, experiment_for
 from shared.scoring import DEFAULT_WEIGHTS as WEIGHTS
 from shared.scoring import Candidate, build_pointer, rank
 from shared.storage import ObjectStore
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.processes import ServiceProcess
+from tests.helpers.topics import Record, read_topic
+from tests.helpers.waiting import wait_until
 
 
 def config_hash_for(label: str) -> str:
@@ -48,32 +45,18 @@ class Topics:
     group: str
 
 
-class EvaluatorProcess:
+class EvaluatorProcess(ServiceProcess):
     """`python -m eval_container` with its own topics, bucket and consumer group."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
+        super().__init__("eval_container", env, log_path)
         self.port = int(env["HEALTH_PORT"])
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        log_file = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eval_container"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
+    def start_ready(self, timeout_s: float = 30.0) -> EvaluatorProcess:
+        """Start the process and return once /readyz answers 200."""
+        return self.start().wait_until(
+            lambda: self.probe("/readyz")[0] == 200, timeout_s, "the evaluator's /readyz"
         )
-        log_file.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"evaluator exited: {self.log_tail()}"
-            if self.probe("/readyz")[0] == 200:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"evaluator not ready in 30 s: {self.log_tail()}")
 
     def probe(self, path: str) -> tuple[int, dict[str, object]]:
         try:
@@ -83,27 +66,6 @@ class EvaluatorProcess:
             return exc.code, json.loads(exc.read())
         except OSError:
             return 0, {}
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-            return None
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
 
 
 class Harness:
@@ -137,7 +99,7 @@ class Harness:
                 "dataset": identifier,
             },
         )
-        run_id = run.info.run_id
+        run_id: str = run.info.run_id
         metrics = {
             "test_rmse": rmse,
             "test_mae": rmse * 0.8,
@@ -177,40 +139,8 @@ class Harness:
     def publish(self, event: TrainingEvent | bytes, key: str) -> None:
         self.producer.publish(self.topics.training, key, event)
 
-    def read_topic(self, topic: str) -> list[tuple[str | None, dict[str, object]]]:
-        """Every message on `topic` up to its current end (assign, no group join)."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.stack.kafka_bootstrap,
-                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 10,
-            }
-        )
-        try:
-            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            ends: dict[int, int] = {}
-            assignments = []
-            for p in partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                if high > low:
-                    ends[p] = high
-                    assignments.append(TopicPartition(topic, p, low))
-            consumer.assign(assignments)
-            out: list[tuple[str | None, dict[str, object]]] = []
-            deadline = time.monotonic() + 15
-            while ends and time.monotonic() < deadline:
-                msg = consumer.poll(0.2)
-                if msg is None or msg.error():
-                    continue
-                key = msg.key().decode() if msg.key() else None
-                out.append((key, json.loads(msg.value())))
-                if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                    ends.pop(msg.partition(), None)
-            assert not ends, f"could not read {topic} to its end"
-            return out
-        finally:
-            consumer.close()
+    def read_topic(self, topic: str) -> list[Record]:
+        return read_topic(self.stack.kafka_bootstrap, topic, timeout_s=15)
 
     def consumed_all(self) -> bool:
         """True once the evaluator's group has committed every message on the training topic."""
@@ -228,25 +158,16 @@ class Harness:
             consumer.close()
 
     def wait_consumed(self, timeout_s: float = 30.0) -> None:
-        wait_until(self.consumed_all, timeout_s, "evaluator did not commit every event")
+        wait_until(self.consumed_all, timeout_s, "the evaluator to commit every event")
 
     def history(self, identifier: str, config_hash: str) -> list[str]:
         return promotion.list_history(self.store, self.topics.bucket, identifier, config_hash)
 
-    def selected(self, identifier: str) -> list[dict[str, object]]:
+    def selected(self, identifier: str) -> list[dict[str, Any]]:
         return [value for key, value in self.read_topic(self.topics.selected) if key == identifier]
 
-    def dead_letters(self) -> list[dict[str, object]]:
+    def dead_letters(self) -> list[dict[str, Any]]:
         return [value for _key, value in self.read_topic(dlq_topic(self.topics.training))]
-
-
-def wait_until(condition: Callable[[], object], timeout_s: float, message: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(message)
 
 
 def make_topics(stack: StackConfig, store: ObjectStore) -> Topics:
@@ -290,12 +211,12 @@ def shared_run(
         evaluator_env(service_env, topics, PROMOTION_TIMEOUT_S="3"),
         tmp_path_factory.mktemp("evaluator") / "evaluator.log",
     )
-    process.start()
+    process.start_ready()
     harness = Harness(stack, object_store, topics)
     try:
         yield harness, process
     finally:
-        assert process.stop() == 0, process.log_tail()
+        assert process.stop() == 0, process.tail()
 
 
 def test_three_successes_with_duplicates_promote_exactly_once(
@@ -317,8 +238,8 @@ def test_three_successes_with_duplicates_promote_exactly_once(
 
     history = harness.history(identifier, config_hash)
     selected = harness.selected(identifier)
-    assert len(history) == 1, process.log_tail()
-    assert len(selected) == 1, process.log_tail()
+    assert len(history) == 1, process.tail()
+    assert len(selected) == 1, process.tail()
     pointer = PromotionPointer.model_validate(selected[0])
     assert pointer.run_id == runs[ModelType.LSTM]
     assert pointer.model_type is ModelType.LSTM
@@ -356,11 +277,11 @@ def test_failed_type_promotes_among_the_rest_after_timeout(
     harness.publish(harness.event(config_hash, identifier, ModelType.PROPHET, prophet), config_hash)
     harness.wait_consumed()
 
-    wait_until(lambda: harness.selected(identifier), 20, "no promotion after the timeout")
+    wait_until(lambda: harness.selected(identifier), 20, "a promotion after the timeout")
     (message,) = harness.selected(identifier)
     pointer = PromotionPointer.model_validate(message)
     # Not before PROMOTION_TIMEOUT_S (3 s) counted from the first event of the hash.
-    assert (pointer.timestamp - first.created_at).total_seconds() >= 3.0, process.log_tail()
+    assert (pointer.timestamp - first.created_at).total_seconds() >= 3.0, process.tail()
     assert pointer.run_id == gru
     assert pointer.missing_model_types == [ModelType.LSTM]
     assert pointer.note is not None and "LSTM" in pointer.note
@@ -370,7 +291,7 @@ def test_failed_type_promotes_among_the_rest_after_timeout(
         state = promotion.load_pending(harness.store, harness.topics.bucket).get(doomed_hash)
         return state is not None and state.closed_reason is not None
 
-    wait_until(doomed_closed, 10, "the all-failed hash was never given up on")
+    wait_until(doomed_closed, 10, "the all-failed hash to be given up on")
     assert harness.history(doomed_id, doomed_hash) == []
     assert harness.selected(doomed_id) == []
 
@@ -424,7 +345,7 @@ def test_promotion_cut_short_after_the_history_write_is_finished_not_redone(
 
     assert len(harness.history(identifier, config_hash)) == 1
     messages = harness.selected(identifier)
-    assert [m["event_id"] for m in messages] == [decided.event_id], process.log_tail()
+    assert [m["event_id"] for m in messages] == [decided.event_id], process.tail()
     live = promotion.load_current_pointer(harness.store, harness.topics.bucket, identifier)
     assert live == decided
     assert promotion.is_published(harness.store, harness.topics.bucket, identifier, config_hash)
@@ -444,7 +365,7 @@ def test_skill_gate_blocks_a_winner_that_does_not_beat_persistence(
     assert harness.selected(identifier) == []
     state = promotion.load_pending(harness.store, harness.topics.bucket)[config_hash]
     assert state.closed_reason is not None and "persistence baseline" in state.closed_reason
-    assert "skill gate refused promotion" in process.log_tail(200)
+    assert "skill gate refused promotion" in process.tail(200)
 
 
 def test_unknown_model_type_and_missing_run_go_to_dlq_without_crash(
@@ -488,7 +409,7 @@ def test_kill_between_second_and_third_event_still_promotes_once(
     }
 
     first = EvaluatorProcess(env, tmp_path / "first.log")
-    first.start()
+    first.start_ready()
     try:
         for model_type in (ModelType.GRU, ModelType.LSTM, ModelType.GRU):
             harness.publish(harness.event(config_hash, identifier, model_type, runs[model_type]), config_hash)
@@ -501,13 +422,13 @@ def test_kill_between_second_and_third_event_still_promotes_once(
     runs[ModelType.PROPHET] = harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.3)
 
     second = EvaluatorProcess(env, tmp_path / "second.log")
-    second.start()
+    second.start_ready()
     try:
         for model_type in (ModelType.PROPHET, ModelType.GRU, ModelType.LSTM, ModelType.PROPHET):
             harness.publish(harness.event(config_hash, identifier, model_type, runs[model_type]), config_hash)
         harness.wait_consumed()
-        assert len(harness.history(identifier, config_hash)) == 1, second.log_tail()
+        assert len(harness.history(identifier, config_hash)) == 1, second.tail()
         (message,) = harness.selected(identifier)
         assert message["run_id"] == runs[ModelType.GRU]
     finally:
-        assert second.stop() == 0, second.log_tail()
+        assert second.stop() == 0, second.tail()

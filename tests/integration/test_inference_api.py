@@ -13,20 +13,23 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from flts_cli.stack import StackConfig, free_port
 from inference_container.app import create_app
+from inference_container.deps import app_state
 from inference_container.settings import InferenceSettings
 from shared.data import KPI_COLUMNS
 from shared.storage import ObjectStore
+from tests.helpers.waiting import wait_until
 from tests.integration.test_inference_support import (
     LoggedModel,
     direct_prediction,
     load_test_split,
     log_model_run,
     make_pointer,
-    wait_until,
     window_body,
     write_pointer,
 )
@@ -92,7 +95,10 @@ def test_prediction_equals_a_direct_call_of_the_model_on_the_same_window(
         assert body["config_hash"] == logged.config_hash
         expected = direct_prediction(logged, test_split.iloc[start : start + 10])
         got = np.array([[p[name] for name in KPI_COLUMNS] for p in body["predictions"]])
-        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        # Compared in the network's float32 MinMax units: a value small against its column's
+        # range turns one float32 step there into ~1e-6 relative in original units.
+        to_model_units = logged.scaler.transform_array
+        np.testing.assert_allclose(to_model_units(got), to_model_units(expected), rtol=0, atol=1e-6)
         next_ts = test_split.index[start + 9] + pd.Timedelta(minutes=2)
         assert body["predictions"][0]["ts"] == next_ts.strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -240,8 +246,8 @@ def test_unreachable_s3_and_mlflow_at_start_keep_the_service_alive_and_not_ready
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}",
         MLFLOW_TRACKING_URI=dead,
         MLFLOW_S3_ENDPOINT_URL=dead,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
+        AWS_ACCESS_KEY_ID=SecretStr("test"),
+        AWS_SECRET_ACCESS_KEY=SecretStr("test"),
         MODEL_RELOAD_BACKOFF_S=0.1,
     )
     with TestClient(create_app(settings)) as c:
@@ -254,8 +260,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_windows_forecast(
     client: TestClient, logged: LoggedModel, test_split: pd.DataFrame
 ) -> None:
     app = client.app
+    assert isinstance(app, FastAPI)
     starts = list(range(0, 3900, 100))
-    batcher = app.predict_handler.batcher  # type: ignore[attr-defined]
+    batcher = app_state(app).predict.batcher
     batches_before, windows_before = batcher.batches, batcher.windows
 
     async def fire() -> list[httpx.Response]:

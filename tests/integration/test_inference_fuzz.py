@@ -19,15 +19,17 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 
 from flts_cli.stack import StackConfig
 from inference_container.app import create_app
 from inference_container.settings import InferenceSettings
 from shared.data import KPI_COLUMNS
 from shared.storage import ObjectStore
-from tests.integration.test_inference_support import log_model_run, make_pointer, wait_until, write_pointer
+from tests.helpers.waiting import wait_until
+from tests.integration.test_inference_support import log_model_run, make_pointer, write_pointer
 
-LIMITS = {"MAX_ROWS": 200, "MAX_INFERENCE_LENGTH": 24, "MAX_BODY_BYTES": 100_000}
+LIMITS: dict[str, Any] = {"MAX_ROWS": 200, "MAX_INFERENCE_LENGTH": 24, "MAX_BODY_BYTES": 100_000}
 
 
 def _schema_only_app() -> Any:
@@ -37,8 +39,8 @@ def _schema_only_app() -> Any:
         KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
         MLFLOW_TRACKING_URI=unused,
         MLFLOW_S3_ENDPOINT_URL=unused,
-        AWS_ACCESS_KEY_ID="unused",
-        AWS_SECRET_ACCESS_KEY="unused",
+        AWS_ACCESS_KEY_ID=SecretStr("unused"),
+        AWS_SECRET_ACCESS_KEY=SecretStr("unused"),
         **LIMITS,
     )
     return create_app(offline, run_background=False)
@@ -54,14 +56,13 @@ def fuzz_client(
     identifier = f"fuzz-{uuid.uuid4().hex[:8]}"
     logged = log_model_run(stack, tmp_path_factory.mktemp("fuzz-model"), identifier=identifier, seed=5)
     write_pointer(object_store, make_pointer(logged, identifier))
-    app_settings = InferenceSettings(
-        **{
-            **stack.service_env(),
-            "IDENTIFIER": identifier,
-            "TOPIC_MODEL_SELECTED": f"model-selected-{identifier}",
-            **LIMITS,
-        }
-    )
+    values: dict[str, Any] = {
+        **stack.service_env(),
+        "IDENTIFIER": identifier,
+        "TOPIC_MODEL_SELECTED": f"model-selected-{identifier}",
+        **LIMITS,
+    }
+    app_settings = InferenceSettings(**values)
     with TestClient(create_app(app_settings), raise_server_exceptions=False) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200, 60, "the model to load")
         yield client

@@ -5,8 +5,6 @@ middle of a stream of requests loses none."""
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,50 +22,47 @@ from inference_container.lifecycle import ModelManager, ServingModel
 from inference_container.settings import InferenceSettings
 from shared.events import PromotionPointer
 from shared.kafka import EventProducer, ensure_topics
+from tests.helpers.processes import ServiceProcess
+from tests.helpers.waiting import wait_until
 from tests.integration.test_inference_support import (
     LoggedModel,
     load_test_split,
     log_model_run,
     make_pointer,
-    wait_until,
     window_body,
 )
 
 
-class Replica:
+class Replica(ServiceProcess):
+    """`python -m inference_container` on a free port of its own, started at once."""
+
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        with open(log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "inference_container"],
-                env={**env, "INFERENCE_HOST": "127.0.0.1", "INFERENCE_PORT": str(self.port)},
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        super().__init__(
+            "inference_container",
+            {**env, "INFERENCE_HOST": "127.0.0.1", "INFERENCE_PORT": str(self.port)},
+            log_path,
+            name="replica",
+        )
+        self.start()
 
     def get(self, path: str) -> httpx.Response | None:
         try:
             return httpx.get(self.url + path, timeout=2.0)
         except httpx.TransportError:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"replica exited: {self.log_path.read_text()[-3000:]}") from None
+            if not self.alive():
+                raise AssertionError(f"replica exited: {self.tail()}") from None
             return None
+
+    def status_code(self, path: str) -> int:
+        """The status of a GET, 0 while nothing answers."""
+        response = self.get(path)
+        return response.status_code if response is not None else 0
 
     def status(self, path: str = "/healthz") -> dict[str, Any]:
         response = self.get(path)
         return response.json() if response is not None else {}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +121,7 @@ def test_both_replicas_become_ready_then_swap_on_one_promotion_without_losing_a_
     started, topic = replicas
     first, second = models
     for replica in started:
-        assert replica.get("/readyz").status_code == 503
+        assert replica.status_code("/readyz") == 503
     producer = EventProducer(stack.kafka_bootstrap, "test-inference-lifecycle")
 
     producer.publish(topic, identifier, make_pointer(first, identifier))
@@ -137,7 +132,7 @@ def test_both_replicas_become_ready_then_swap_on_one_promotion_without_losing_a_
         interval_s=0.2,
     )
     for replica in started:
-        assert replica.get("/readyz").status_code == 200
+        assert replica.status_code("/readyz") == 200
 
     body = orjson.dumps(window_body(load_test_split(), 200, inference_length=3))
     stop = threading.Event()
@@ -179,9 +174,8 @@ def test_both_replicas_become_ready_then_swap_on_one_promotion_without_losing_a_
 def test_a_failed_load_keeps_the_old_model_and_is_retried_until_it_succeeds(
     stack: StackConfig, models: list[LoggedModel], identifier: str
 ) -> None:
-    settings = InferenceSettings(
-        **{**stack.service_env(), "IDENTIFIER": identifier, "MODEL_RELOAD_BACKOFF_S": 0.05}
-    )
+    values: dict[str, Any] = {**stack.service_env(), "IDENTIFIER": identifier, "MODEL_RELOAD_BACKOFF_S": 0.05}
+    settings = InferenceSettings(**values)
     manager = ModelManager(settings)
     failures_left = [2]
     real_loader = manager._load_from_mlflow
@@ -216,27 +210,24 @@ def test_a_failed_load_keeps_the_old_model_and_is_retried_until_it_succeeds(
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "locust" / "locustfile.py"
 
 
-def _ensure_served(
-    replica: Replica, topic: str, identifier: str, stack: StackConfig, logged: LoggedModel
-) -> None:
-    """Run alone, the replicas have no model yet: promote one."""
-    if replica.get("/readyz").status_code != 200:
+@pytest.fixture
+def served_replica(
+    replicas: tuple[list[Replica], str], models: list[LoggedModel], identifier: str, stack: StackConfig
+) -> Replica:
+    """The first replica, serving a model: run alone, the replicas have none yet, so promote one."""
+    started, topic = replicas
+    replica = started[0]
+    if replica.status_code("/readyz") != 200:
         producer = EventProducer(stack.kafka_bootstrap, "test-inference-locust")
-        producer.publish(topic, identifier, make_pointer(logged, identifier))
+        producer.publish(topic, identifier, make_pointer(models[1], identifier))
         producer.close()
-        wait_until(lambda: replica.get("/readyz").status_code == 200, 60, "a model to serve")
+        wait_until(lambda: replica.status_code("/readyz") == 200, 60, "a model to serve")
+    return replica
 
 
 def test_locust_headless_run_of_real_windows_has_no_failures(
-    replicas: tuple[list[Replica], str],
-    models: list[LoggedModel],
-    identifier: str,
-    stack: StackConfig,
-    service_env: dict[str, str],
-    tmp_path: Path,
+    served_replica: Replica, service_env: dict[str, str], tmp_path: Path
 ) -> None:
-    started, topic = replicas
-    _ensure_served(started[0], topic, identifier, stack, models[1])
     prefix = tmp_path / "run"
     argv = [str(Path(sys.executable).parent / "locust"), "-f", str(LOCUSTFILE), "--headless"]
     argv += [
@@ -249,7 +240,7 @@ def test_locust_headless_run_of_real_windows_has_no_failures(
         "--csv",
         str(prefix),
         "--host",
-        started[0].url,
+        served_replica.url,
         "--only-summary",
     ]
     done = subprocess.run(argv, env=service_env, capture_output=True, text=True, timeout=60)
@@ -262,20 +253,12 @@ def test_locust_headless_run_of_real_windows_has_no_failures(
 
 
 def test_locust_web_mode_is_driven_by_swarm_stats_and_stop(
-    replicas: tuple[list[Replica], str],
-    models: list[LoggedModel],
-    identifier: str,
-    stack: StackConfig,
-    service_env: dict[str, str],
-    tmp_path: Path,
+    served_replica: Replica, service_env: dict[str, str], tmp_path: Path
 ) -> None:
-    started, topic = replicas
-    _ensure_served(started[0], topic, identifier, stack, models[1])
     port = free_port()
-    argv = [str(Path(sys.executable).parent / "locust"), "-f", str(LOCUSTFILE), "--host", started[0].url]
+    argv = [str(Path(sys.executable).parent / "locust"), "-f", str(LOCUSTFILE), "--host", served_replica.url]
     argv += ["--web-host", "127.0.0.1", "--web-port", str(port)]
-    with open(tmp_path / "locust.log", "wb") as log_file:
-        proc = subprocess.Popen(argv, env=service_env, stdout=log_file, stderr=subprocess.STDOUT)
+    locust = ServiceProcess(argv, service_env, tmp_path / "locust.log").start()
     web = f"http://127.0.0.1:{port}"
     try:
 
@@ -283,15 +266,15 @@ def test_locust_web_mode_is_driven_by_swarm_stats_and_stop(
             try:
                 return httpx.get(web + "/", timeout=2).status_code == 200
             except httpx.TransportError:
-                assert proc.poll() is None, (tmp_path / "locust.log").read_text()[-2000:]
                 return False
 
-        wait_until(web_up, 30, "the Locust web UI")
+        locust.wait_until(web_up, 30, "the Locust web UI")
         swarm = httpx.post(web + "/swarm", data={"user_count": "3", "spawn_rate": "3"}, timeout=5)
         assert swarm.status_code == 200 and swarm.json()["success"] is True
 
         def stats() -> dict[str, Any]:
-            return httpx.get(web + "/stats/requests", timeout=5).json()
+            current: dict[str, Any] = httpx.get(web + "/stats/requests", timeout=5).json()
+            return current
 
         wait_until(lambda: stats()["total_rps"] > 0 or _total(stats()) > 10, 20, "requests to flow")
         current = stats()
@@ -300,12 +283,7 @@ def test_locust_web_mode_is_driven_by_swarm_stats_and_stop(
         assert httpx.post(web + "/stop", timeout=5).status_code == 200
         wait_until(lambda: stats()["state"] == "stopped", 15, "the swarm to stop")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        locust.stop(timeout_s=10)
 
 
 def _total(stats: dict[str, Any]) -> int:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -124,12 +122,3 @@ def make_pointer(logged: LoggedModel, identifier: str, age_s: float = 0.0) -> Pr
 
 def write_pointer(store: ObjectStore, pointer: PromotionPointer, bucket: str = "model-promotion") -> None:
     store.put_json(bucket, f"{pointer.identifier}/current.json", pointer.model_dump(mode="json"))
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")

@@ -140,6 +140,12 @@ def read_topic(stack: StackConfig, topic: str, count: int, timeout_s: float = 15
     return messages
 
 
+def message_body(msg: Message) -> bytes:
+    value = msg.value()
+    assert value is not None, f"message at offset {msg.offset()} has no body"
+    return value
+
+
 @pytest.fixture
 def producer(stack: StackConfig) -> Iterator[EventProducer]:
     producer = EventProducer(stack.kafka_bootstrap, client_id="kafka-layer-test")
@@ -258,7 +264,7 @@ def test_undecodable_invalid_or_unknown_version_messages_go_to_the_dlq_and_the_l
     assert committed_offset(stack, group, topic) == 6
 
     letters = read_topic(stack, dlq_topic(topic), 5)
-    decoded = [DeadLetter.model_validate_json(m.value()) for m in letters]
+    decoded = [DeadLetter.model_validate_json(message_body(m)) for m in letters]
     expected_errors = [
         "not valid JSON",
         "rows",
@@ -295,10 +301,11 @@ def test_sigterm_finishes_the_message_in_hand_commits_it_and_exits_zero(
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None and proc.stderr is not None
+    stdout, stderr_pipe = proc.stdout, proc.stderr
+    assert stdout is not None and stderr_pipe is not None
 
     def pump() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
+        for line in stdout:
             lines.put(line.strip())
 
     reader = threading.Thread(target=pump, daemon=True)
@@ -317,7 +324,7 @@ def test_sigterm_finishes_the_message_in_hand_commits_it_and_exits_zero(
     rest = []
     while not lines.empty():
         rest.append(lines.get())
-    stderr = proc.stderr.read()
+    stderr = stderr_pipe.read()
     assert rc == 0, stderr[-2000:]
     assert rest == ["finished 0", "exited cleanly"], "the message in hand finishes; no new one starts"
     assert exit_s < 10

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from preprocess_container.settings import PreprocessSettings
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS
 from shared.events import DataClaim, DeadLetter, dlq_topic
 from shared.kafka import EventProducer
+from shared.processed import SplitRows, load_meta
+from shared.settings import load_settings
 from shared.storage import ObjectStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -52,17 +55,18 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 15.
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         values: list[bytes] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and len(values) < expected:
-            msg = consumer.poll(0.2)
-            if msg is not None and not msg.error():
-                values.append(msg.value())
+
+        def poll_until(seconds: float, enough: int) -> None:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and len(values) < enough:
+                msg = consumer.poll(0.1)
+                value = msg.value() if msg is not None and not msg.error() else None
+                if value is not None:
+                    values.append(value)
+
+        poll_until(timeout_s, expected)
         # A short extra poll catches messages beyond the expected count.
-        extra_deadline = time.monotonic() + 0.5
-        while time.monotonic() < extra_deadline:
-            msg = consumer.poll(0.1)
-            if msg is not None and not msg.error():
-                values.append(msg.value())
+        poll_until(0.5, sys.maxsize)
         return values
     finally:
         consumer.close()
@@ -89,7 +93,7 @@ def producer(stack: StackConfig) -> Iterator[EventProducer]:
 def settings_for(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> PreprocessSettings:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    settings = PreprocessSettings()
+    settings = load_settings(PreprocessSettings)
     ensure_job_topics(settings)
     return settings
 
@@ -142,7 +146,9 @@ def test_job_writes_the_processed_split_and_claims_point_at_it(
     assert claim.size == object_store.size(claim.bucket, claim.object)
     assert (claim.rows, claim.test_rows) == (15927, 3982)
 
+    # The JSON names DESIGN.md documents, and the model every reader parses it with.
     meta = object_store.get_json(claim.bucket, claim.meta_object)
+    assert load_meta(object_store, claim.bucket, claim.meta_object).rows == SplitRows(train=15927, test=3982)
     assert meta["config_hash"] == claim.config_hash
     assert meta["columns"] == list(FEATURE_COLUMNS)
     assert meta["rows"] == {"train": 15927, "test": 3982}
@@ -154,7 +160,7 @@ def test_job_writes_the_processed_split_and_claims_point_at_it(
     logged = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     finished = [entry for entry in logged if entry.get("msg") == "preprocess finished"]
     assert finished and finished[0]["reused"] is False
-    # The issue asks for "a few seconds" on the full pair; keep a generous bound for a busy machine.
+    # The full pair takes a few seconds; the bound leaves room for a busy machine.
     assert finished[0]["timings"]["total"] < 15.0, finished[0]["timings"]
     assert seconds < 60.0
 
@@ -195,6 +201,13 @@ def test_same_settings_reuse_the_objects_and_a_new_salt_makes_new_ones(
     second_meta = object_store.get_json(processed, f"{second_hash}/meta.json")
     assert second_meta["config"]["extra_hash_salt"] == "again"
     assert object_store.exists(processed, f"{second_hash}/train.parquet")
+
+    # A meta.json that breaks the contract does not count as a finished set: it is processed again.
+    object_store.put_json(processed, meta_key, {**first_meta, "scaler": {"kind": "minmax"}})
+    assert execute(settings, object_store, producer) == EXIT_OK
+    repaired = load_meta(object_store, processed, meta_key)
+    assert repaired.config_hash == first_hash
+    assert repaired.created_at > datetime.fromisoformat(first_meta["created_at"])
 
 
 def test_a_missing_dataset_object_exits_non_zero_with_a_dead_letter(

@@ -127,15 +127,17 @@ def test_flts_up_serves_all_three_and_sigterm_leaves_no_process_behind(stack_sta
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None
 
     def pump() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
+        for line in stdout:
             lines.put(line.rstrip())
 
     threading.Thread(target=pump, daemon=True).start()
     descendants: list[psutil.Process] = []
     try:
-        printed = []
+        printed: list[str] = []
         deadline = time.monotonic() + START_TIMEOUT_S
         while "running; Ctrl-C to stop" not in printed:
             remaining = deadline - time.monotonic()
@@ -164,7 +166,7 @@ def test_flts_up_serves_all_three_and_sigterm_leaves_no_process_behind(stack_sta
             proc.wait()
         kill_all(descendants)
 
-    assert rc == 0, proc.stderr.read()[-2000:]  # type: ignore[union-attr]
+    assert rc == 0, stderr.read()[-2000:]
     assert survivors == [], "a child of flts up survived SIGTERM"
     assert mentioning_ports(kafka, s3, mlflow) == []
     assert stop_s < 30
@@ -218,8 +220,9 @@ def test_flts_up_detach_returns_with_the_stack_running_and_flts_down_stops_it(st
         assert f"export MLFLOW_TRACKING_URI=http://{HOST}:{mlflow}\n" in env_file
 
         # A second stack on other ports must not take over the state dir (and orphan this one).
+        other_kafka, other_s3, other_mlflow = free_ports(3)
         second = subprocess.run(
-            [flts(), "up", "--detach", *port_args(*free_ports(3), stack_state_dir)],
+            [flts(), "up", "--detach", *port_args(other_kafka, other_s3, other_mlflow, stack_state_dir)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -278,7 +281,8 @@ def test_sigterm_while_flts_up_is_starting_stops_what_had_started(stack_state_di
             proc.wait()
         kill_all(list(seen.values()) + mentioning_ports(kafka, s3, mlflow))
 
-    stderr = proc.stderr.read()  # type: ignore[union-attr]
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
     assert rc == 1, stderr[-2000:]
     assert "flts up: interrupted while waiting for the MLflow server; stopped what had started" in stderr
     assert survivors == []

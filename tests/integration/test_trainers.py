@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,12 @@ from mlflow.tracking import MlflowClient
 
 from flts_cli.stack import StackConfig
 from preprocess_container.preprocessing import PreprocessOptions, prepare_splits, read_raw_csv
+from shared.accuracy import SUMMARY_METRICS
 from shared.data import FEATURE_COLUMNS
 from shared.events import DataClaim, DeadLetter, TrainingEvent, TrainingStatus, dlq_topic
 from shared.kafka import EventProducer, ensure_topics
 from shared.mlflow_utils import find_runs
+from shared.processed import ProcessedMeta, SourceObjects, SplitRows
 from shared.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,11 +38,18 @@ EVENT_TIMEOUT_S = 150.0
 
 
 @dataclass(frozen=True)
-class Trainers:
+class Isolated:
+    """A claims topic, an events topic and a processed-data bucket no other test uses."""
+
+    suffix: str
     topic_claims: str
     topic_events: str
     bucket: str
     env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Trainers(Isolated):
     processes: dict[str, subprocess.Popen[bytes]]
     logs: dict[str, Path]
 
@@ -58,20 +68,22 @@ def write_processed(store: ObjectStore, bucket: str, config_hash: str) -> DataCl
     prefix = config_hash
     size = store.put_parquet(bucket, f"{prefix}/train.parquet", prepared.train)
     store.put_parquet(bucket, f"{prefix}/test.parquet", prepared.test)
-    meta = {
-        "config_hash": config_hash,
-        "dataset": "PobleSec",
-        "identifier": "PobleSec",
-        "config": {"test": "trainers integration sample"},
-        "source_digests": {},
-        "columns": list(FEATURE_COLUMNS),
-        "rows": {"train": len(prepared.train), "test": len(prepared.test)},
-        "scaler": prepared.scaler.to_dict(),
-        "step_seconds": 120,
-        "repairs": prepared.repairs,
-        "created_at": "2026-11-30T00:00:00Z",
-    }
-    store.put_json(bucket, f"{prefix}/meta.json", meta)
+    meta = ProcessedMeta(
+        config_hash=config_hash,
+        dataset="PobleSec",
+        identifier="PobleSec",
+        config={"test": "trainers integration sample"},
+        source_digests={},
+        source_objects=SourceObjects(bucket="dataset", train="PobleSec.csv", test="PobleSec_test.csv"),
+        columns=FEATURE_COLUMNS,
+        rows=SplitRows(train=len(prepared.train), test=len(prepared.test)),
+        scaler=prepared.scaler,
+        step_seconds=120,
+        repairs=prepared.repairs,
+        sampling=prepared.sampling,
+        created_at=datetime(2026, 11, 30, tzinfo=UTC),
+    )
+    store.put_json(bucket, f"{prefix}/meta.json", meta.model_dump(mode="json"))
     return claim_for(bucket, config_hash, size, len(prepared.train), len(prepared.test))
 
 
@@ -90,13 +102,7 @@ def claim_for(bucket: str, config_hash: str, size: int = 1, rows: int = 1, test_
     )
 
 
-@pytest.fixture(scope="module")
-def trainers(
-    stack: StackConfig,
-    service_env: dict[str, str],
-    object_store: ObjectStore,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Trainers]:
+def isolated(stack: StackConfig, service_env: dict[str, str], object_store: ObjectStore) -> Isolated:
     suffix = uuid.uuid4().hex[:8]
     topic_claims, topic_events = f"training-data-{suffix}", f"model-training-{suffix}"
     bucket = f"processed-{suffix}"
@@ -107,6 +113,20 @@ def trainers(
         "TOPIC_TRAINING_DATA": topic_claims,
         "TOPIC_MODEL_TRAINING": topic_events,
         "BUCKET_PROCESSED": bucket,
+    }
+    return Isolated(suffix, topic_claims, topic_events, bucket, env)
+
+
+@pytest.fixture(scope="module")
+def trainers(
+    stack: StackConfig,
+    service_env: dict[str, str],
+    object_store: ObjectStore,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Trainers]:
+    names = isolated(stack, service_env, object_store)
+    env = {
+        **names.env,
         "LOG_LEVEL": "INFO",
         "PYTHONUNBUFFERED": "1",
         # tiny and quick: the accuracy bar is bench/accuracy.py's job
@@ -127,7 +147,7 @@ def trainers(
     try:
         for model_type in TYPES:
             module = "nonml_container" if model_type == "PROPHET" else "train_container"
-            proc_env = {**env, "KAFKA_GROUP_ID": f"trainer-{model_type.lower()}-{suffix}"}
+            proc_env = {**env, "KAFKA_GROUP_ID": f"trainer-{model_type.lower()}-{names.suffix}"}
             if model_type != "PROPHET":
                 proc_env["MODEL_TYPE"] = model_type
             logs[model_type] = logs_dir / f"{model_type}.log"
@@ -139,7 +159,9 @@ def trainers(
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                 )
-        yield Trainers(topic_claims, topic_events, bucket, env, processes, logs)
+        yield Trainers(
+            names.suffix, names.topic_claims, names.topic_events, names.bucket, env, processes, logs
+        )
     finally:
         for proc in processes.values():
             if proc.poll() is None:
@@ -173,8 +195,9 @@ class EventReader:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             msg = self.consumer.poll(0.5)
-            if msg is not None and not msg.error():
-                self.seen.append(json.loads(msg.value()))
+            value = msg.value() if msg is not None and not msg.error() else None
+            if value is not None:
+                self.seen.append(json.loads(value))
             if done(self.seen):
                 return
         raise AssertionError(f"timed out waiting for {why}; saw {self.seen}")
@@ -240,16 +263,7 @@ def test_claim_trains_gru_lstm_prophet_with_runs_and_events(
             assert success.operation == f"Trained: {model_type}"
             assert success.experiment == ("NonML" if model_type == "PROPHET" else "Default")
             metrics = success.metrics or {}
-            for key in (
-                "test_rmse",
-                "test_mae",
-                "test_mse",
-                "baseline_test_rmse",
-                "baseline_test_mae",
-                "baseline_test_mse",
-                "test_rmse_down",
-                "test_rmse_up",
-            ):
+            for key in (*SUMMARY_METRICS, "test_rmse_down", "test_rmse_up"):
                 assert key in metrics, (model_type, key)
             run = client.get_run(success.run_id)
             run_ids[model_type] = success.run_id
@@ -261,6 +275,13 @@ def test_claim_trains_gru_lstm_prophet_with_runs_and_events(
             assert run.data.params["input_sequence_length"] == "10"
             assert run.data.params["output_sequence_length"] == "1"
             assert run.data.params["config_hash"] == config_hash
+            if model_type == "PROPHET":
+                assert run.data.params["prophet_n_changepoints"] == "3"
+                assert run.data.params["prophet_workers"] == "2"
+            else:
+                assert run.data.params["num_layers"] == "1"
+                assert run.data.params["epochs"] == "2"
+                assert run.data.params["grad_clip"] == "1.0"
             assert run.data.metrics["test_rmse"] == pytest.approx(metrics["test_rmse"])
             artifacts = _artifact_paths(client, success.run_id)
             for expected in (
@@ -357,29 +378,23 @@ def test_sigterm_during_training_kills_the_run_and_the_claim_is_trained_after_re
     object_store: ObjectStore,
     tmp_path: Path,
 ) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    topic_claims, topic_events = f"training-data-{suffix}", f"model-training-{suffix}"
-    bucket = f"processed-{suffix}"
-    object_store.ensure_bucket(bucket)
-    ensure_topics(stack.kafka_bootstrap, [topic_claims, topic_events, dlq_topic(topic_claims)])
+    names = isolated(stack, service_env, object_store)
     env = {
-        **service_env,
-        "TOPIC_TRAINING_DATA": topic_claims,
-        "TOPIC_MODEL_TRAINING": topic_events,
-        "KAFKA_GROUP_ID": f"trainer-gru-{suffix}",
+        **names.env,
+        "KAFKA_GROUP_ID": f"trainer-gru-{names.suffix}",
         "HIDDEN_SIZE": "8",
         "NUM_LAYERS": "1",
     }
     config_hash = _new_hash()
-    claim = write_processed(object_store, bucket, config_hash)
-    reader = EventReader(stack.kafka_bootstrap, topic_events)
+    claim = write_processed(object_store, names.bucket, config_hash)
+    reader = EventReader(stack.kafka_bootstrap, names.topic_events)
     producer = EventProducer(stack.kafka_bootstrap, client_id="test-trainers-sigterm")
     log_path = tmp_path / "gru.log"
     # endless training: only SIGTERM ends it
     first = _start_gru(env, log_path, EPOCHS="10000", PATIENCE="1000", MAX_TRAIN_SECONDS="3600")
     second: subprocess.Popen[bytes] | None = None
     try:
-        producer.publish(topic_claims, config_hash, claim)
+        producer.publish(names.topic_claims, config_hash, claim)
 
         def running(seen: list[dict[str, object]]) -> bool:
             return any(e.status == TrainingStatus.RUNNING for e in _events(seen, config_hash))
@@ -391,6 +406,7 @@ def test_sigterm_during_training_kills_the_run_and_the_claim_is_trained_after_re
         killed_run = next(
             e.run_id for e in _events(reader.seen, config_hash) if e.status == TrainingStatus.RUNNING
         )
+        assert killed_run is not None
         time.sleep(2.0)  # well inside training
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=30) == 0, log_path.read_text()[-3000:]
@@ -405,7 +421,7 @@ def test_sigterm_during_training_kills_the_run_and_the_claim_is_trained_after_re
             "SUCCESS after the restart (the uncommitted claim redelivered)",
         )
         success = next(e for e in _events(reader.seen, config_hash) if e.status == TrainingStatus.SUCCESS)
-        assert success.run_id != killed_run
+        assert success.run_id is not None and success.run_id != killed_run
         assert client.get_run(success.run_id).info.status == "FINISHED"
     finally:
         reader.close()

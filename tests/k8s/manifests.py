@@ -29,8 +29,14 @@ Resource = dict[str, Any]
 S = TypeVar("S", bound=BaseSettings)
 
 
+def mapping(value: object, what: str) -> dict[str, Any]:
+    """`value` (parsed YAML) checked to be a mapping."""
+    assert isinstance(value, dict), f"{what} is not a mapping: {value!r}"
+    return value
+
+
 def kustomization(directory: Path = BASE_DIR) -> dict[str, Any]:
-    return yaml.safe_load((directory / "kustomization.yaml").read_text())
+    return mapping(yaml.safe_load((directory / "kustomization.yaml").read_text()), "kustomization.yaml")
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -151,12 +157,12 @@ class Workload:
     def template(self) -> dict[str, Any]:
         spec = self.resource["spec"]
         if self.kind == "CronJob":
-            return spec["jobTemplate"]["spec"]["template"]
-        return spec["template"]
+            return mapping(spec["jobTemplate"]["spec"]["template"], f"{self.name}'s pod template")
+        return mapping(spec["template"], f"{self.name}'s pod template")
 
     @property
     def pod_spec(self) -> dict[str, Any]:
-        return self.template["spec"]
+        return mapping(self.template["spec"], f"{self.name}'s pod spec")
 
     @property
     def containers(self) -> list[dict[str, Any]]:

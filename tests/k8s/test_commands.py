@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from tests.k8s.dockerfiles import DOCKERFILES, stages
 from tests.k8s.manifests import Resource, Workload, find
 
 
-def _container(rendered: list[Resource], kind: str, name: str) -> dict:
+def _container(rendered: list[Resource], kind: str, name: str) -> dict[str, Any]:
     [container] = Workload(find(rendered, kind, name)).containers
     return container
 

@@ -4,6 +4,7 @@ is set in its manifest, and every variable a manifest sets is one its settings c
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import pytest
 from pydantic_settings import BaseSettings
@@ -25,8 +26,8 @@ SERVICES = {
 
 def settings_class(path: str) -> type[BaseSettings]:
     module, _, name = path.partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    assert issubclass(cls, BaseServiceSettings), f"{path} does not extend BaseServiceSettings"
+    cls: object = getattr(importlib.import_module(module), name)
+    assert isinstance(cls, type) and issubclass(cls, BaseServiceSettings), f"{path}: not service settings"
     return cls
 
 
@@ -42,7 +43,7 @@ def required_names(cls: type[BaseSettings]) -> set[str]:
     return {name for name, info in cls.model_fields.items() if info.is_required()}
 
 
-def _container(rendered: list[Resource], kind: str, name: str, container: str) -> dict:
+def _container(rendered: list[Resource], kind: str, name: str, container: str) -> dict[str, Any]:
     [found] = [c for c in Workload(find(rendered, kind, name)).containers if c["name"] == container]
     return found
 

@@ -12,7 +12,9 @@ import pytest
 from flts_cli.stack import StackConfig
 from shared.events import DataClaim, dlq_topic
 from shared.kafka import ensure_topics
-from tests.reliability.support import REPO_ROOT, read_topic, unique
+from tests.helpers.processes import REPO_ROOT
+from tests.helpers.topics import read_topic
+from tests.reliability.support import unique
 
 # Small splits keep a GRU epoch under a second; the test split still yields scoring windows.
 SMALL_SAMPLE = {"SAMPLE_TRAIN_ROWS": "600", "SAMPLE_TEST_ROWS": "120"}

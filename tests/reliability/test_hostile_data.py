@@ -20,8 +20,11 @@ from shared.data import KPI_COLUMNS
 from shared.events import DataClaim, dlq_topic
 from shared.kafka import ensure_topics
 from shared.storage import ObjectStore
+from tests.helpers.processes import REPO_ROOT, ServiceProcess
+from tests.helpers.topics import read_topic
+from tests.helpers.waiting import wait_until
 from tests.reliability.conftest import run_preprocess, trainer_env
-from tests.reliability.support import REPO_ROOT, ServiceProcess, read_topic, unique, wait_until
+from tests.reliability.support import unique
 
 GAP_ROWS = 90  # 3 hours of 2-minute steps
 

@@ -19,6 +19,8 @@ import pytest
 
 from flts_cli.stack import StackConfig, free_port
 from shared.storage import ObjectStore
+from tests.helpers.processes import ServiceProcess
+from tests.helpers.waiting import wait_until
 from tests.integration.test_inference_support import (
     load_test_split,
     log_model_run,
@@ -26,7 +28,7 @@ from tests.integration.test_inference_support import (
     window_body,
     write_pointer,
 )
-from tests.reliability.support import ServiceProcess, http_status, unique, wait_until
+from tests.reliability.support import http_status, unique
 
 HOSTILE_TIMEOUT_S = 10.0  # the bound on any hostile request's answer
 RSS_GROWTH_LIMIT = 300 * 2**20  # bytes: a 50 MB body must never be held, let alone copied
@@ -132,9 +134,6 @@ def hostile_requests() -> dict[str, tuple[str, bytes, dict[str, str]]]:
             json_header,
         ),
     }
-
-
-# Accepted today (200 with predictions): the issue asks for a 4xx. Strict, so a fix turns them green.
 
 
 def stream_valid(url: str, stop: threading.Event, outcomes: list[int]) -> None:

@@ -26,6 +26,8 @@ import pytest
 from flts_cli.stack import LocalStack, StackConfig, free_port, free_ports, venv_bin
 from shared.kafka import EventProducer, ensure_topics
 from shared.storage import ObjectStore
+from tests.helpers.processes import ServiceProcess
+from tests.helpers.waiting import wait_until
 from tests.integration.test_inference_support import (
     load_test_split,
     log_model_run,
@@ -33,7 +35,7 @@ from tests.integration.test_inference_support import (
     window_body,
     write_pointer,
 )
-from tests.reliability.support import ServiceProcess, http_status, unique, wait_until
+from tests.reliability.support import http_status, unique
 
 
 @pytest.fixture
@@ -105,7 +107,8 @@ def test_mlflow_outage_keeps_predictions_flowing_and_a_promotion_during_it_is_ap
 
     def model() -> dict[str, object]:
         assert server.alive(), server.tail()
-        return httpx.get(url + "/model", timeout=2).json()
+        described: dict[str, object] = httpx.get(url + "/model", timeout=2).json()
+        return described
 
     try:
         wait_until(lambda: http_status(url + "/readyz") == 200, 90, "the first model")

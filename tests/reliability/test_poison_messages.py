@@ -33,9 +33,12 @@ from shared.events import (
 from shared.kafka import MAX_PAYLOAD_BYTES, EventProducer, ensure_topics
 from shared.mlflow_utils import ensure_experiment
 from shared.storage import ObjectStore
+from tests.helpers.processes import ServiceProcess
+from tests.helpers.topics import read_topic
+from tests.helpers.waiting import wait_until
 from tests.integration.test_inference_support import log_model_run, make_pointer, write_pointer
 from tests.reliability.conftest import trainer_env
-from tests.reliability.support import ServiceProcess, http_status, read_topic, unique, wait_until
+from tests.reliability.support import http_status, unique
 
 HUGE = b'{"pad": "' + b"x" * (MAX_PAYLOAD_BYTES + 50_000) + b'"}'
 
@@ -96,13 +99,14 @@ def test_trainer_dead_letters_every_poison_claim_reports_failed_and_trains_the_n
     try:
 
         def success_seen() -> bool:
-            assert trainer.alive(), trainer.tail()
             return any(
                 v.get("status") == "SUCCESS" and v.get("config_hash") == claim.config_hash
                 for _k, v in read_topic(stack.kafka_bootstrap, env["TOPIC_MODEL_TRAINING"])
             )
 
-        wait_until(success_seen, 150, "the valid claim after the poison to be trained", interval_s=1.0)
+        trainer.wait_until(
+            success_seen, 150, "the valid claim after the poison to be trained", interval_s=1.0
+        )
         letters = [v for _k, v in read_topic(stack.kafka_bootstrap, dlq_topic(topic))]
         assert len(letters) == 5, letters
         assert_dead_letters(letters, [*poison_bodies(valid), "does not exist"])
@@ -132,10 +136,11 @@ def make_finished_run(stack: StackConfig, config_hash: str, identifier: str) -> 
         "test_rmse_down": 5.0,
         "test_rmse_up": 2.0,
     }
+    run_id: str = run.info.run_id
     for name, value in metrics.items():
-        client.log_metric(run.info.run_id, name, value)
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+        client.log_metric(run_id, name, value)
+    client.set_terminated(run_id)
+    return run_id
 
 
 def success_event(config_hash: str, identifier: str, run_id: str) -> TrainingEvent:
@@ -185,12 +190,12 @@ def test_evaluator_dead_letters_every_poison_event_and_promotes_on_the_next_vali
     }
     evaluator = ServiceProcess("eval_container", env, tmp_path / "evaluator.log").start()
     try:
-
-        def promoted() -> bool:
-            assert evaluator.alive(), evaluator.tail()
-            return bool(read_topic(stack.kafka_bootstrap, selected))
-
-        wait_until(promoted, 90, "a promotion after the poison events", interval_s=0.5)
+        evaluator.wait_until(
+            lambda: read_topic(stack.kafka_bootstrap, selected),
+            90,
+            "a promotion after the poison events",
+            interval_s=0.5,
+        )
         pointers = [v for k, v in read_topic(stack.kafka_bootstrap, selected) if k == identifier]
         assert [p["run_id"] for p in pointers] == [run_id]
         letters = [v for _k, v in read_topic(stack.kafka_bootstrap, dlq_topic(training))]
@@ -237,14 +242,14 @@ def test_inference_dead_letters_every_poison_promotion_keeps_serving_and_applies
     try:
 
         def status() -> dict[str, Any]:
-            assert server.alive(), server.tail()
             try:
-                return httpx.get(url + "/healthz", timeout=2).json()
+                body: dict[str, Any] = httpx.get(url + "/healthz", timeout=2).json()
             except httpx.HTTPError:
                 return {}
+            return body
 
-        wait_until(lambda: status().get("consumer_assigned"), 90, "the promotion consumer to join")
-        wait_until(lambda: http_status(url + "/readyz") == 200, 60, "the first model to load")
+        server.wait_until(lambda: status().get("consumer_assigned"), 90, "the promotion consumer to join")
+        server.wait_until(lambda: http_status(url + "/readyz") == 200, 60, "the first model to load")
         # The consumer starts at `latest`: give its first fetch a moment to fix that offset.
         time.sleep(2)
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from flts_cli.stack import StackConfig, free_port
 from shared.events import dlq_topic
 from shared.kafka import ensure_topics
+from tests.helpers.processes import ServiceProcess
 from tests.reliability.conftest import SMALL_SAMPLE, run_preprocess
-from tests.reliability.support import ServiceProcess, http_status, unique, wait_until
+from tests.reliability.support import http_status, unique
 from tests.unit.test_no_secrets import scan
 
 
@@ -55,10 +56,19 @@ def test_service_and_stack_logs_at_debug_hold_no_credential(
         job = run_preprocess({**debug, **topics, **SMALL_SAMPLE, **fresh})
         assert job.returncode == 0, job.stderr[-2000:]
         (tmp_path / "preprocess.log").write_text(job.stdout + job.stderr)
-        wait_until(lambda: http_status(f"http://127.0.0.1:{eval_port}/readyz") == 200, 60, "the evaluator")
-        wait_until(lambda: http_status(f"http://127.0.0.1:{inference_port}/healthz") == 200, 60, "inference")
+        evaluator, server, trainer = services
+        evaluator.wait_until(
+            lambda: http_status(f"http://127.0.0.1:{eval_port}/readyz") == 200, 60, "the evaluator's /readyz"
+        )
+        server.wait_until(
+            lambda: http_status(f"http://127.0.0.1:{inference_port}/healthz") == 200,
+            60,
+            "inference's /healthz",
+        )
         # The trainer consumes the claim the job just published: its whole path logs at DEBUG.
-        wait_until(lambda: "training event published" in services[2].log_text(), 120, "the trainer to train")
+        trainer.wait_until(
+            lambda: "training event published" in trainer.log_text(), 120, "the trainer to train"
+        )
     finally:
         for service in services:
             service.stop()

@@ -18,8 +18,11 @@ from mlflow.tracking import MlflowClient
 from flts_cli.stack import StackConfig, free_port
 from shared.events import DataClaim, dlq_topic
 from shared.kafka import ensure_topics
+from tests.helpers.processes import ServiceProcess
+from tests.helpers.topics import read_topic
+from tests.helpers.waiting import wait_until
 from tests.reliability.conftest import trainer_env
-from tests.reliability.support import ServiceProcess, read_topic, unique, wait_until
+from tests.reliability.support import unique
 
 
 @pytest.mark.slow

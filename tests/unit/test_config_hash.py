@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,7 +18,7 @@ from preprocess_container.preprocessing import (
     hash_config,
 )
 from preprocess_container.settings import PreprocessSettings
-from shared.settings.base import BaseServiceSettings
+from shared.settings import BaseServiceSettings, load_settings
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 DIGESTS = {"PobleSec.csv": content_digest(b"train bytes"), "PobleSec_test.csv": content_digest(b"test")}
@@ -33,10 +35,8 @@ def _hash(options: PreprocessOptions, salt: str = "", digests: dict[str, str] | 
     return config_hash(hash_config("PobleSec", options), salt, digests or DIGESTS)
 
 
-def _reversed_keys(value: object) -> object:
-    if isinstance(value, dict):
-        return {k: _reversed_keys(value[k]) for k in reversed(list(value))}
-    return value
+def _reversed_keys(value: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _reversed_keys(v) if isinstance(v, Mapping) else v for k, v in reversed(list(value.items()))}
 
 
 def test_hash_is_64_hex_and_equal_for_equal_inputs() -> None:
@@ -64,7 +64,7 @@ def test_hash_is_sha256_of_canonical_json() -> None:
     assert canonical_json({"b": 1, "a": 2}) == '{"a":2,"b":1}'
 
 
-CHANGED_OPTIONS = {
+CHANGED_OPTIONS: dict[str, Any] = {
     "input_seq_len": 12,
     "output_seq_len": 2,
     "sample_train_rows": 1000,
@@ -135,7 +135,7 @@ def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> PreprocessSettings
         monkeypatch.delenv(key, raising=False)
     for key, value in {**CONNECTION_ENV, **env}.items():
         monkeypatch.setenv(key, value)
-    return PreprocessSettings()
+    return load_settings(PreprocessSettings)
 
 
 SETTINGS_CHANGES = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from shared.data import (
     make_windows,
     time_features,
 )
+from shared.processed import ProcessedMeta, SourceObjects, SplitRows
 
 
 def test_feature_columns_are_the_eleven_kpis_then_six_time_features() -> None:
@@ -127,6 +129,46 @@ def test_scaler_survives_json_and_refuses_corrupt_parameters() -> None:
         MinMaxScaler.from_dict({**good, "data_min": [float("nan")] * 11})
     with pytest.raises(ValueError, match="differ in length"):
         MinMaxScaler.from_dict({**good, "columns": list(KPI_COLUMNS[:10])})
+    # Whatever a corrupt file holds, the caller sees a ValueError naming it, never a KeyError.
+    with pytest.raises(ValueError, match="data_range must be a list"):
+        MinMaxScaler.from_dict({k: v for k, v in good.items() if k != "data_range"})
+    with pytest.raises(ValueError, match="not a number"):
+        MinMaxScaler.from_dict({**good, "data_min": ["0"] * 11})
+
+
+def test_processed_meta_round_trips_under_the_json_names_design_lists() -> None:
+    scaler = MinMaxScaler.fit(kpi_frame())
+    meta = ProcessedMeta(
+        config_hash="f" * 64,
+        dataset="PobleSec",
+        identifier="cell-1",
+        config={"dataset": "PobleSec", "extra_hash_salt": ""},
+        source_digests={"PobleSec.csv": "sha256:00"},
+        source_objects=SourceObjects(bucket="dataset", train="PobleSec.csv", test="PobleSec_test.csv"),
+        columns=FEATURE_COLUMNS,
+        rows=SplitRows(train=100, test=20),
+        scaler=scaler,
+        step_seconds=120,
+        repairs={"train": {"nan_cells": 0}},
+        sampling={"train": {"rows": 100}},
+        created_at=datetime(2026, 1, 2, 3, 4, tzinfo=UTC),
+    )
+    stored = json.loads(json.dumps(meta.model_dump(mode="json")))
+    assert set(stored) >= {
+        "config",
+        "config_hash",
+        "columns",
+        "rows",
+        "scaler",
+        "source_digests",
+        "created_at",
+    }
+    assert stored["scaler"] == scaler.to_dict()
+    assert stored["rows"] == {"train": 100, "test": 20}
+    assert stored["columns"] == list(FEATURE_COLUMNS)
+    again = ProcessedMeta.model_validate(stored)
+    assert again == meta
+    assert again.scaler == scaler
 
 
 def test_windows_align_inputs_with_the_rows_that_follow_them() -> None:

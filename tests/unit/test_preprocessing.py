@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,7 +45,7 @@ def through_csv(frame: pd.DataFrame) -> pd.DataFrame:
     return read_raw_csv(frame.to_csv(index=False).encode("utf-8"), "train")
 
 
-def clean(frame: pd.DataFrame, max_gap_steps: int = 720) -> tuple[pd.DataFrame, dict]:
+def clean(frame: pd.DataFrame, max_gap_steps: int = 720) -> tuple[pd.DataFrame, dict[str, Any]]:
     return clean_split(through_csv(frame), "train", max_gap_steps)
 
 

@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from preprocess_container.__main__ import main
-
-CONNECTION_ENV = {
-    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
-    "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
-    "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9000",
-    "AWS_ACCESS_KEY_ID": "test-key",
-    "AWS_SECRET_ACCESS_KEY": "test-secret",
-}
+from tests.unit.test_config_hash import CONNECTION_ENV
 
 
 @pytest.mark.parametrize(

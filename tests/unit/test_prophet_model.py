@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nonml_container.fitting import ProphetOptions, ProphetStopped, fit_frame, fit_one_kpi, fit_prophet_models
+from nonml_container.fitting import ProphetStopped, fit_frame, fit_one_kpi, fit_prophet_models
+from nonml_container.settings import ProphetHyperparameters
 from shared.accuracy import evaluation_rows
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, make_windows, time_features
 from shared.model_runtime.prophet import (
@@ -24,7 +25,7 @@ from train_container.training import frame_arrays
 # prophet's own pandas calls warn about deprecations; nothing this project can change
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:prophet.*")
 
-OPTIONS = ProphetOptions(n_changepoints=3, daily_fourier=3, weekly_fourier=1)
+OPTIONS = ProphetHyperparameters(PROPHET_CHANGEPOINTS=3, PROPHET_DAILY_FOURIER=3, PROPHET_WEEKLY_FOURIER=1)
 
 
 def daily_frame(rows: int, start: str) -> pd.DataFrame:
@@ -41,7 +42,7 @@ def fitted() -> dict[str, object]:
     from prophet.serialize import model_from_json
 
     train = daily_frame(1440, "2018-02-05")  # two days
-    models = {}
+    models: dict[str, object] = {}
     for kpi in KPI_COLUMNS:
         name, payload = fit_one_kpi(kpi, train.index.to_numpy(), train[kpi].to_numpy(), OPTIONS)
         models[name] = model_from_json(payload)
@@ -107,7 +108,7 @@ def test_gaps_leave_no_invented_buckets_and_zero_minutes_fits_the_raw_rows() -> 
 
 def test_fitting_on_bucket_means_still_learns_the_daily_cycle_at_two_minute_timestamps() -> None:
     train = daily_frame(2160, "2018-02-05")  # three days
-    options = ProphetOptions(n_changepoints=3, daily_fourier=3, weekly_fourier=1, fit_resample_minutes=10)
+    options = OPTIONS.model_copy(update={"PROPHET_FIT_RESAMPLE_MINUTES": 10})
     models = fit_prophet_models(train, options, workers=1, columns=("down", "up"))
     assert list(models) == ["down", "up"]
     test = daily_frame(120, "2018-02-08")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flts_cli.report import read_locust_stats, render_markdown
+from flts_cli.report import build_report, read_locust_stats, render_markdown
+from flts_cli.settings import RunnerSettings
+from flts_cli.state import RunOptions, RunState, Stage, StageFailed
 
 
 def test_locust_stats_merge_endpoints_and_take_percentiles_from_the_histogram(tmp_path: Path) -> None:
@@ -57,3 +59,31 @@ def test_failed_run_report_names_the_failing_stage() -> None:
     }
     text = render_markdown(report, images=[])
     assert "FAILED" in text and "`training`" in text and "loss diverged" in text
+
+
+def test_report_of_a_run_that_failed_early_holds_what_the_stages_got_to(tmp_path: Path) -> None:
+    options = RunOptions(
+        dataset="LesCorts",
+        sample_train_rows=None,
+        sample_test_rows=None,
+        salt="",
+        epochs=None,
+        load_users=10,
+        load_spawn_rate=10.0,
+        load_duration="20s",
+        keep_running=False,
+        no_skill_gate=False,
+        stage_timeout=900.0,
+    )
+    run = RunState(options, RunnerSettings(), tmp_path)
+    run.stages["infrastructure"] = Stage("infrastructure", status="failed", seconds=1.5, error="port taken")
+    run.stages["report"] = Stage("report", status="running")
+    run.failed = StageFailed("infrastructure", "port taken")
+
+    report = build_report(run, client=None, total_seconds=2.0)
+
+    assert report["status"] == "failed"
+    assert (report["failed_stage"], report["error"]) == ("infrastructure", "port taken")
+    assert report["stages"] == {"infrastructure": {"status": "failed", "seconds": 1.5, "error": "port taken"}}
+    assert report["dataset"] == "LesCorts" and report["config_hash"] is None and report["promoted"] is None
+    assert report["models"] == {} and report["load_test"] is None

@@ -83,7 +83,7 @@ def test_query_inference_length_overrides_the_body() -> None:
     assert parse_predict_request(_body(inference_length=2), LIMITS, "5").inference_length == 5
 
 
-def _ts_shift(i: int, value: str) -> dict[str, Any]:
+def _ts_shift(i: int, value: str | int) -> dict[str, Any]:
     body = _body()
     body["data"]["ts"][i] = value
     return body

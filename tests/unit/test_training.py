@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
+import io
+import json
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 
+from flts_cli.stack import free_port
+from nonml_container.settings import ProphetSettings
+from nonml_container.trainer import ProphetTrainer
 from shared.accuracy import evaluation_rows, rmse
-from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, time_features
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, MinMaxScaler, time_features
+from shared.events import DataClaim, TrainingEvent, TrainingStatus
+from shared.kafka import MessageContext, PoisonMessage, TransientError
 from shared.mlflow_utils import mlflow_unreachable
 from shared.model_runtime.networks import build_model, load_model, save_model
-from shared.trainer_service import validate_frame
+from shared.processed import ProcessedMeta, SourceObjects, SplitRows
+from shared.storage import ObjectNotFound
+from shared.trainer_service import TrainerService, validate_frame
+from train_container.settings import RecurrentHyperparameters, TrainSettings
+from train_container.trainer import RecurrentTrainer
 from train_container.training import (
-    TrainConfig,
     TrainingDiverged,
     TrainingStopped,
+    model_spec,
     one_step_predictions,
     train_recurrent,
 )
@@ -36,20 +52,30 @@ def synthetic_frame(rows: int, seed: int = 0, start: str = "2018-02-05") -> pd.D
     return pd.concat([frame, time_features(index).set_axis(index)], axis=1)[list(FEATURE_COLUMNS)]
 
 
-SMALL = {"hidden_size": 16, "batch_size": 64, "learning_rate": 5e-3, "max_train_seconds": 30.0}
+SMALL: dict[str, object] = {
+    "HIDDEN_SIZE": 16,
+    "BATCH_SIZE": 64,
+    "LEARNING_RATE": 5e-3,
+    "MAX_TRAIN_SECONDS": 30.0,
+}
+
+
+def hyperparameters(model_type: str, **fields: object) -> RecurrentHyperparameters:
+    """SMALL's fields, then `fields`: a quick run of `model_type`."""
+    return RecurrentHyperparameters.model_validate({**SMALL, "MODEL_TYPE": model_type, **fields})
 
 
 @pytest.mark.parametrize("model_type", ["GRU", "LSTM"])
 @pytest.mark.parametrize("output_len", [1, 3])
 def test_model_output_has_horizon_by_kpi_shape(model_type: str, output_len: int) -> None:
-    config = TrainConfig(model_type=model_type, input_seq_len=10, output_seq_len=output_len, hidden_size=8)
-    model = build_model(config.spec())
+    config = hyperparameters(model_type, INPUT_SEQ_LEN=10, OUTPUT_SEQ_LEN=output_len, HIDDEN_SIZE=8)
+    model = build_model(model_spec(config))
     out = model(torch.zeros(5, 10, len(FEATURE_COLUMNS)))
     assert out.shape == (5, output_len, len(KPI_COLUMNS))
 
 
 def test_training_learns_beyond_its_first_epoch_and_restores_the_best_epoch() -> None:
-    config = TrainConfig(model_type="GRU", epochs=6, patience=6, **SMALL)
+    config = hyperparameters("GRU", EPOCHS=6, PATIENCE=6)
     result = train_recurrent(synthetic_frame(600), config, device=torch.device("cpu"))
     assert len(result.history) == 6
     val = [h.val_loss for h in result.history]
@@ -59,7 +85,7 @@ def test_training_learns_beyond_its_first_epoch_and_restores_the_best_epoch() ->
 
 
 def test_trained_model_scores_the_contract_rows_and_stays_near_persistence() -> None:
-    config = TrainConfig(model_type="LSTM", epochs=4, **SMALL)
+    config = hyperparameters("LSTM", EPOCHS=4)
     result = train_recurrent(synthetic_frame(600), config, device=torch.device("cpu"))
     test = synthetic_frame(120, seed=1, start="2018-02-06 00:00")
     predictions = one_step_predictions(result.model, test)
@@ -72,7 +98,7 @@ def test_trained_model_scores_the_contract_rows_and_stays_near_persistence() -> 
 
 def test_early_stopping_ends_training_after_patience_epochs_without_improvement() -> None:
     # A learning rate of ~0 cannot improve after the first epoch, so patience 2 stops at epoch 3.
-    config = TrainConfig(model_type="GRU", epochs=20, patience=2, **{**SMALL, "learning_rate": 1e-12})
+    config = hyperparameters("GRU", EPOCHS=20, PATIENCE=2, LEARNING_RATE=1e-12)
     result = train_recurrent(synthetic_frame(400), config, device=torch.device("cpu"))
     assert len(result.history) <= 4
     assert result.stop_reason.startswith("early stop")
@@ -82,19 +108,17 @@ def test_stop_flag_interrupts_training() -> None:
     stop = threading.Event()
     stop.set()
     with pytest.raises(TrainingStopped):
-        train_recurrent(synthetic_frame(400), TrainConfig(model_type="GRU", **SMALL), stop=stop)
+        train_recurrent(synthetic_frame(400), hyperparameters("GRU"), stop=stop)
 
 
 def test_exploding_validation_loss_is_reported_as_divergence() -> None:
-    config = TrainConfig(model_type="GRU", epochs=5, divergence_factor=1e-9, **SMALL)
+    config = hyperparameters("GRU", EPOCHS=5)
     with pytest.raises(TrainingDiverged, match="exploded"):
-        train_recurrent(synthetic_frame(400), config, device=torch.device("cpu"))
+        train_recurrent(synthetic_frame(400), config, device=torch.device("cpu"), divergence_factor=1e-9)
 
 
 def test_one_cycle_schedule_warms_up_then_anneals_the_learning_rate_to_almost_zero() -> None:
-    config = TrainConfig(
-        model_type="LSTM", epochs=6, patience=6, lr_schedule="onecycle", **{**SMALL, "learning_rate": 1e-2}
-    )
+    config = hyperparameters("LSTM", EPOCHS=6, PATIENCE=6, LR_SCHEDULE="onecycle", LEARNING_RATE=1e-2)
     result = train_recurrent(synthetic_frame(600), config, device=torch.device("cpu"))
     rates = [h.learning_rate for h in result.history]
     assert len(rates) == 6
@@ -105,19 +129,18 @@ def test_one_cycle_schedule_warms_up_then_anneals_the_learning_rate_to_almost_ze
 
 
 def test_default_depth_is_one_gru_layer_or_two_lstm_layers_unless_asked() -> None:
-    assert TrainConfig(model_type="GRU").num_layers == 1
-    assert TrainConfig(model_type="LSTM").num_layers == 2
-    assert TrainConfig(model_type="LSTM", num_layers=3).spec().num_layers == 3
+    assert RecurrentHyperparameters(MODEL_TYPE="GRU").NUM_LAYERS == 1
+    assert RecurrentHyperparameters(MODEL_TYPE="LSTM").NUM_LAYERS == 2
+    assert model_spec(RecurrentHyperparameters(MODEL_TYPE="LSTM", NUM_LAYERS=3)).num_layers == 3
 
 
 def test_an_unknown_learning_rate_schedule_is_refused() -> None:
-    config = TrainConfig(model_type="GRU", epochs=1, lr_schedule="cosine", **SMALL)
-    with pytest.raises(ValueError, match="lr_schedule"):
-        train_recurrent(synthetic_frame(300), config, device=torch.device("cpu"))
+    with pytest.raises(ValidationError, match="LR_SCHEDULE"):
+        hyperparameters("GRU", LR_SCHEDULE="cosine")
 
 
 def test_saved_model_reloads_with_weights_only_and_predicts_the_same(tmp_path: Path) -> None:
-    config = TrainConfig(model_type="GRU", epochs=1, **SMALL)
+    config = hyperparameters("GRU", EPOCHS=1)
     result = train_recurrent(synthetic_frame(300), config, device=torch.device("cpu"))
     test = synthetic_frame(40, seed=2)
     save_model(result.model, tmp_path / "GRU")
@@ -128,8 +151,6 @@ def test_saved_model_reloads_with_weights_only_and_predicts_the_same(tmp_path: P
 
 
 def test_processed_frames_breaking_the_contract_are_poison() -> None:
-    from shared.kafka import PoisonMessage
-
     frame = synthetic_frame(30)
     assert validate_frame(frame, "train").shape == frame.shape
     with pytest.raises(PoisonMessage, match="columns"):
@@ -143,9 +164,6 @@ def test_processed_frames_breaking_the_contract_are_poison() -> None:
 
 
 def test_connection_failures_count_as_mlflow_unreachable_but_api_errors_do_not() -> None:
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
     assert mlflow_unreachable(ConnectionRefusedError("refused"))
     assert mlflow_unreachable(MlflowException("API request failed: Max retries exceeded with url"))
     assert not mlflow_unreachable(MlflowException("bad param", error_code=INVALID_PARAMETER_VALUE))
@@ -162,41 +180,24 @@ class RecordingProducer:
         self.sent.append((topic, key, value))
 
 
-def test_unreachable_mlflow_is_retried_then_reported_failed_and_left_to_the_loop(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from mlflow.tracking import MlflowClient
+def connection() -> dict[str, object]:
+    """Settings of services nobody answers at: whatever tries to reach them fails at once."""
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+        "MLFLOW_TRACKING_URI": unreachable,
+        "MLFLOW_S3_ENDPOINT_URL": unreachable,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
 
-    from flts_cli.stack import free_port
-    from shared.events import DataClaim, TrainingEvent, TrainingStatus
-    from shared.kafka import MessageContext, TransientError
-    from shared.trainer_service import TrainerService
-    from train_container.settings import TrainSettings
-    from train_container.trainer import RecurrentTrainer
 
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    dead = f"http://127.0.0.1:{free_port()}"
-    settings = TrainSettings(
-        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9",
-        MLFLOW_TRACKING_URI=dead,
-        MLFLOW_S3_ENDPOINT_URL=dead,
-        AWS_ACCESS_KEY_ID="test",
-        AWS_SECRET_ACCESS_KEY="test",
-        MODEL_TYPE="LSTM",
-        MLFLOW_MAX_RETRIES=2,
-        MLFLOW_RETRY_BACKOFF_S=0.01,
-    )
-    producer = RecordingProducer()
-    service = TrainerService(
-        settings=settings,
-        trainer=RecurrentTrainer(settings),
-        client=MlflowClient(dead),
-        store=None,  # type: ignore[arg-type]  # never reached: MLflow fails first
-        producer=producer,  # type: ignore[arg-type]
-        stop=threading.Event(),
-    )
-    claim = DataClaim(
+def train_settings(**overrides: object) -> TrainSettings:
+    return TrainSettings.model_validate({**connection(), **overrides})
+
+
+def claim_for() -> DataClaim:
+    return DataClaim(
         bucket="processed-data",
         object="h/train.parquet",
         test_object="h/test.parquet",
@@ -207,11 +208,164 @@ def test_unreachable_mlflow_is_retried_then_reported_failed_and_left_to_the_loop
         identifier="PobleSec",
         dataset="PobleSec",
     )
+
+
+def test_unreachable_mlflow_is_retried_then_reported_failed_and_left_to_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    settings = train_settings(MODEL_TYPE="LSTM", MLFLOW_MAX_RETRIES=2, MLFLOW_RETRY_BACKOFF_S=0.01)
+    producer = RecordingProducer()
+    service = TrainerService(
+        settings=settings,
+        trainer=RecurrentTrainer(settings),
+        client=MlflowClient(settings.MLFLOW_TRACKING_URI),
+        store=None,  # type: ignore[arg-type]  # never reached: MLflow fails first
+        producer=producer,  # type: ignore[arg-type]
+        stop=threading.Event(),
+    )
     with pytest.raises(TransientError, match="after 3 attempts"):
-        service.handle(claim, MessageContext("training-data", 0, 7, "a" * 64))
+        service.handle(claim_for(), MessageContext("training-data", 0, 7, "a" * 64))
     assert len(producer.sent) == 1
     topic, key, event = producer.sent[0]
     assert topic == "model-training" and key == "a" * 64
     assert isinstance(event, TrainingEvent)
     assert event.status == TrainingStatus.FAILED and event.model_type.value == "LSTM"
     assert "MLflow unreachable" in (event.error or "")
+
+
+def test_mlflow_params_keep_their_names() -> None:
+    """Inference and anyone comparing runs read these names; the hyperparameter models derive them."""
+    settings = train_settings(MODEL_TYPE="GRU")
+    assert set(RecurrentTrainer(settings).params()) == {
+        "model_type",
+        "input_sequence_length",
+        "output_sequence_length",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "hidden_size",
+        "num_layers",
+        "dropout",
+        "patience",
+        "validation_fraction",
+        "seed",
+        "max_train_seconds",
+        "loss",
+        "huber_delta",
+        "grad_clip",
+        "lr_schedule",
+    }
+    assert RecurrentTrainer(settings).params()["num_layers"] == 1  # the depth trained, not the 0 asked
+    prophet = ProphetTrainer(ProphetSettings.model_validate(connection()))
+    assert prophet.params() == {
+        "prophet_n_changepoints": 10,
+        "prophet_changepoint_prior_scale": 0.05,
+        "prophet_seasonality_mode": "additive",
+        "prophet_daily_fourier": 10,
+        "prophet_weekly_fourier": 3,
+        "prophet_fit_resample_minutes": 10,
+        "prophet_workers": 1,
+    }
+
+
+class MemoryStore:
+    """Stands in for ObjectStore: objects by key, missing ones raise ObjectNotFound."""
+
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        if key not in self.objects:
+            raise ObjectNotFound(bucket, key)
+        return self.objects[key]
+
+    def get_json(self, bucket: str, key: str) -> object:
+        return json.loads(self.get_bytes(bucket, key))
+
+
+def parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer)
+    return buffer.getvalue()
+
+
+def valid_meta(train: pd.DataFrame, test: pd.DataFrame) -> dict[str, object]:
+    return ProcessedMeta(
+        config_hash="a" * 64,
+        dataset="PobleSec",
+        identifier="PobleSec",
+        config={},
+        source_digests={},
+        source_objects=SourceObjects(bucket="dataset", train="PobleSec.csv", test="PobleSec_test.csv"),
+        columns=FEATURE_COLUMNS,
+        rows=SplitRows(train=len(train), test=len(test)),
+        scaler=MinMaxScaler.from_dict(UNIT_SCALER),
+        step_seconds=120,
+        repairs={},
+        sampling={},
+        created_at=datetime.now(UTC),
+    ).model_dump(mode="json")
+
+
+UNIT_SCALER = MinMaxScaler(KPI_COLUMNS, (0.0,) * len(KPI_COLUMNS), (1.0,) * len(KPI_COLUMNS)).to_dict()
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"scaler": None}, "scaler: Value error, expected the scaler's parameters as an object"),
+        ({"scaler": {**UNIT_SCALER, "columns": list(reversed(KPI_COLUMNS))}}, "scaler columns"),
+        ({"scaler": {**UNIT_SCALER, "data_range": [0.0] * len(KPI_COLUMNS)}}, "positive ranges"),
+        ({"scaler": {**UNIT_SCALER, "data_min": "0"}}, "data_min must be a list"),
+        ({"columns": list(KPI_COLUMNS)}, "columns"),
+        ({"rows": {"train": 0, "test": 30}}, "rows.train"),
+        ({"created_at": "2026-01-01T00:00:00"}, "created_at"),
+        ({"config_hash": "not-a-hash"}, "config_hash"),
+    ],
+)
+def test_a_meta_json_breaking_the_contract_is_poison_naming_the_field(
+    changes: dict[str, object], reason: str
+) -> None:
+    train, test = synthetic_frame(60), synthetic_frame(30, seed=1)
+    objects = {"h/train.parquet": parquet(train), "h/test.parquet": parquet(test)}
+    meta = valid_meta(train, test)
+    loaded = _service(MemoryStore({**objects, "h/meta.json": json.dumps(meta).encode()})).load_data(
+        claim_for()
+    )
+    assert loaded.meta.scaler.columns == KPI_COLUMNS
+
+    broken = json.dumps({**meta, **changes}).encode()
+    with pytest.raises(PoisonMessage, match="breaks the processed-data contract") as raised:
+        _service(MemoryStore({**objects, "h/meta.json": broken})).load_data(claim_for())
+    assert str(raised.value).startswith("s3://processed-data/h/meta.json ")
+    assert reason in str(raised.value)
+
+
+def test_a_meta_json_that_is_missing_a_field_is_not_json_or_absent_is_poison() -> None:
+    train, test = synthetic_frame(60), synthetic_frame(30, seed=1)
+    objects = {"h/train.parquet": parquet(train), "h/test.parquet": parquet(test)}
+    without_scaler = {k: v for k, v in valid_meta(train, test).items() if k != "scaler"}
+    cases = {
+        json.dumps(without_scaler).encode(): "scaler: Field required",
+        b"{not json": "is not JSON",
+        b"[]": "Input should be a valid dictionary",
+    }
+    for body, reason in cases.items():
+        with pytest.raises(PoisonMessage, match=reason):
+            _service(MemoryStore({**objects, "h/meta.json": body})).load_data(claim_for())
+    with pytest.raises(PoisonMessage, match="does not exist"):
+        _service(MemoryStore(objects)).load_data(claim_for())
+
+
+def _service(store: MemoryStore) -> TrainerService:
+    settings = train_settings(MODEL_TYPE="GRU")
+    return TrainerService(
+        settings=settings,
+        trainer=RecurrentTrainer(settings),
+        client=MlflowClient(settings.MLFLOW_TRACKING_URI),
+        store=store,  # type: ignore[arg-type]  # load_data only reads objects
+        producer=RecordingProducer(),  # type: ignore[arg-type]
+        stop=threading.Event(),
+    )

@@ -8,7 +8,8 @@ import pytest
 
 from shared.accuracy import evaluation_rows
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, make_windows
-from train_container.training import NotEnoughData, TrainConfig, frame_arrays, split_windows
+from train_container.settings import RecurrentHyperparameters
+from train_container.training import NotEnoughData, frame_arrays, split_windows
 
 
 def row_numbered_frame(rows: int) -> pd.DataFrame:
@@ -38,7 +39,9 @@ def test_every_target_row_comes_strictly_after_its_input_rows() -> None:
 
 def test_validation_tail_targets_never_overlap_training_targets() -> None:
     features, targets = frame_arrays(row_numbered_frame(200))
-    config = TrainConfig(model_type="GRU", input_seq_len=10, output_seq_len=1, validation_fraction=0.2)
+    config = RecurrentHyperparameters(
+        MODEL_TYPE="GRU", INPUT_SEQ_LEN=10, OUTPUT_SEQ_LEN=1, VALIDATION_FRACTION=0.2
+    )
     (train_x, train_y), (val_x, val_y) = split_windows(features, targets, config)
     cut = 200 - 40
     assert train_y[:, :, 0].max() < cut
@@ -52,7 +55,7 @@ def test_validation_tail_targets_never_overlap_training_targets() -> None:
 def test_split_refuses_a_series_too_short_for_windows() -> None:
     features, targets = frame_arrays(row_numbered_frame(12))
     with pytest.raises(NotEnoughData):
-        split_windows(features, targets, TrainConfig(model_type="LSTM", input_seq_len=10))
+        split_windows(features, targets, RecurrentHyperparameters(MODEL_TYPE="LSTM", INPUT_SEQ_LEN=10))
 
 
 def test_scoring_windows_and_scoring_rows_line_up() -> None:

@@ -1,0 +1,177 @@
+"""What the benchmarks share (bench/inference.py, bench/soak.py), none of it from tests/:
+
+- a GRU run logged to MLflow in the trainer's layout (`GRU/`, `scaler/`, `preprocess/`);
+- its promotion, built and written by the evaluator's own code (shared.scoring, shared.promotion);
+- a server process in its own session, stopped with its children; HTTP probes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from mlflow.tracking import MlflowClient
+
+from flts_cli.stack import StackConfig
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler
+from shared.events import ModelType, PromotionPointer, utcnow
+from shared.kafka import EventProducer
+from shared.mlflow_utils import ensure_experiment
+from shared.model_runtime.networks import ModelSpec, build_model, save_model
+from shared.promotion import write_current_pointers
+from shared.scoring import DEFAULT_WEIGHTS, Candidate, build_pointer, rank
+from shared.storage import ObjectStore
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "data"
+PROMOTION_BUCKET = "model-promotion"
+PROMOTION_TOPIC = "model-selected"
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """A logged run; `artifacts` holds the local copy of what was logged."""
+
+    run_id: str
+    config_hash: str
+    model_type: ModelType
+    artifacts: Path
+
+
+def log_trainer_run(
+    stack: StackConfig, root: Path, *, identifier: str, spec: ModelSpec, seed: int = 0
+) -> BenchRun:
+    """An untrained network with seeded weights and the scaler fit on the PobleSec train split,
+    logged to the `Default` experiment as the GRU/LSTM trainer lays a run out."""
+    torch.manual_seed(seed)
+    model = build_model(spec).eval()
+    scaler = MinMaxScaler.fit(pd.read_csv(DATA / "PobleSec.csv", usecols=list(KPI_COLUMNS)))
+    config_hash = hashlib.sha256(f"bench-{identifier}-{seed}".encode()).hexdigest()
+    meta = {
+        "config_hash": config_hash,
+        "dataset": "PobleSec",
+        "identifier": identifier,
+        "columns": list(FEATURE_COLUMNS),
+        "scaler": scaler.to_dict(),
+        "step_seconds": 120,
+    }
+    type_name = spec.model_type
+    save_model(model, root / type_name)
+    for name, content in (
+        ("scaler/scaler.json", scaler.to_dict()),
+        ("preprocess/preprocess_config.json", meta),
+    ):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(content))
+    client = MlflowClient(stack.mlflow_url)
+    tags = {"config_hash": config_hash, "model_type": type_name, "identifier": identifier}
+    run_id = client.create_run(
+        ensure_experiment(client, "Default"), run_name=type_name, tags=tags
+    ).info.run_id
+    client.log_param(run_id, "input_sequence_length", spec.input_seq_len)
+    for sub in (type_name, "scaler", "preprocess"):
+        client.log_artifacts(run_id, str(root / sub), sub)
+    client.set_terminated(run_id)
+    return BenchRun(run_id, config_hash, ModelType(type_name), root)
+
+
+def promote(
+    stack: StackConfig,
+    run: BenchRun,
+    identifier: str,
+    *,
+    age_s: float = 0.0,
+    producer: EventProducer | None = None,
+) -> PromotionPointer:
+    """Promote `run` as the evaluator would had it won alone (placeholder metrics): the live
+    pointers in the promotion bucket, then, given a producer, the pointer on `model-selected`."""
+    winner = Candidate(
+        run.model_type,
+        run.run_id,
+        "Default",
+        start_time=0,
+        metrics={"test_rmse": 0.1, "test_mae": 0.05, "test_mse": 0.01},
+    )
+    pointer = build_pointer(
+        identifier=identifier,
+        config_hash=run.config_hash,
+        winner=winner,
+        scoreboard=rank([winner]),
+        weights=DEFAULT_WEIGHTS,
+        timestamp=utcnow() - timedelta(seconds=age_s),
+    )
+    store = ObjectStore(stack.s3_url, stack.access_key, stack.secret_key)
+    write_current_pointers(store, PROMOTION_BUCKET, pointer)
+    if producer is not None:
+        producer.publish(PROMOTION_TOPIC, identifier, pointer)
+    return pointer
+
+
+def http_json(url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, Any]:
+    """(status, parsed JSON or text) of a GET, or of a JSON POST when `body` is given; (0, None)
+    when nothing answers."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except OSError:  # URLError is one
+        return 0, None
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+def answers_200(url: str) -> bool:
+    return http_json(url, timeout=2.0)[0] == 200
+
+
+def wait_ready(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], timeout_s: float, log: Path, streak: int = 1
+) -> None:
+    """Until `ready()` holds `streak` times in a row; fails at once if the server exits."""
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        seen = seen + 1 if ready() else 0
+        if seen >= streak:
+            return
+        time.sleep(0.05 if seen else 0.5)
+    raise RuntimeError(f"server not ready after {timeout_s:.0f}s: {log.read_text()[-2000:]}")
+
+
+@contextlib.contextmanager
+def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`argv` in a session of its own (its pid is the process group of it and its children),
+    output to `log`; on exit SIGTERM to the group, SIGKILL after 15 s."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
