@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from shared.data import KPI_COLUMNS, TIME_FEATURES, MinMaxScaler
+from shared.model_runtime.ranges import KpiRanges
 
 _TWO_PI = 2.0 * math.pi
 _NS_PER_MINUTE = 60 * 1_000_000_000
@@ -174,6 +175,9 @@ def forecast_recurrent_many(
         if len(timestamps) < input_seq_len or kpis.shape[0] != len(timestamps):
             raise ValueError(f"need at least {input_seq_len} rows of timestamps and KPIs")
     lo, span = kpi_scaler_arrays(scaler)
+    # Fed-back steps are clipped too: a recursive forecast must not build on impossible values.
+    ranges = KpiRanges.from_scaler(scaler)
+    floor = torch.from_numpy(((ranges.low - lo) / span).astype(np.float32))
     n_kpi = len(KPI_COLUMNS)
     calls = -(-max(h for _, _, h in windows) // output_seq_len)
     ahead_len = calls * output_seq_len
@@ -196,9 +200,10 @@ def forecast_recurrent_many(
         buffer = torch.from_numpy(features)
         for call in range(calls):
             start = call * output_seq_len
-            y = model(buffer[:, start : start + input_seq_len])
+            y = torch.maximum(model(buffer[:, start : start + input_seq_len]), floor)
             buffer[:, start + input_seq_len : start + input_seq_len + output_seq_len, :n_kpi] = y
-    out = features[:, input_seq_len:, :n_kpi].astype(np.float64) * span + lo
+    # Clipped again in original units: float32 rounding of the scaled floor can land just below it.
+    out = ranges.clip(features[:, input_seq_len:, :n_kpi].astype(np.float64) * span + lo)
     return [out[b, :horizon] for b, (_, _, horizon) in enumerate(windows)]
 
 

@@ -16,6 +16,7 @@ from shared.model_runtime.forecasting import (
     time_feature_array,
 )
 from shared.model_runtime.networks import ModelSpec, build_model
+from shared.model_runtime.ranges import KpiRanges
 
 STEP = np.timedelta64(120, "s")
 
@@ -41,13 +42,14 @@ def _window(
 def _direct(
     model: torch.nn.Module, scaler: MinMaxScaler, timestamps: np.ndarray, kpis: np.ndarray
 ) -> np.ndarray:
-    """The training-time path: pandas time features, scaler.transform, one forward pass."""
+    """The training-time path: pandas time features, scaler.transform, one forward pass, and the
+    physical floor every forecast is clipped to."""
     frame = pd.DataFrame(kpis, columns=list(KPI_COLUMNS), index=pd.DatetimeIndex(timestamps))
     frame = scaler.transform(frame).join(time_features(frame.index))[list(FEATURE_COLUMNS)]
     x = torch.tensor(frame.to_numpy(dtype=np.float32)[None])
     with torch.no_grad():
         y = model(x)[0].numpy().astype(np.float64)
-    return scaler.inverse_array(y)
+    return KpiRanges.from_scaler(scaler).clip(scaler.inverse_array(y))
 
 
 def test_time_feature_array_matches_pandas_time_features_across_days_weeks_and_leap_years() -> None:
@@ -71,7 +73,7 @@ def test_one_step_forecast_equals_a_direct_model_call_on_the_same_window() -> No
     got = forecast_recurrent(
         model, scaler, timestamps, kpis, 1, step=STEP, input_seq_len=10, output_seq_len=1
     )
-    np.testing.assert_allclose(got, _direct(model, scaler, timestamps, kpis), rtol=1e-6)
+    np.testing.assert_allclose(got, _direct(model, scaler, timestamps, kpis), rtol=1e-6, atol=1e-3)
 
 
 def test_only_the_last_input_seq_len_rows_are_used() -> None:
@@ -97,7 +99,7 @@ def test_horizon_beyond_output_length_feeds_predictions_back_with_future_time_fe
     ts, values = list(timestamps), kpis.copy()
     for i in range(3):
         step_pred = _direct(model, scaler, np.array(ts[-10:]), values[-10:])
-        np.testing.assert_allclose(got[i], step_pred[0], rtol=1e-5)
+        np.testing.assert_allclose(got[i], step_pred[0], rtol=1e-5, atol=1e-3)
         ts.append(ts[-1] + STEP)
         values = np.vstack([values, step_pred])
 
@@ -110,7 +112,7 @@ def test_multi_step_model_output_is_cut_to_the_requested_horizon() -> None:
     two = forecast.predict(timestamps, kpis, 2)
     assert three.shape == (3, len(KPI_COLUMNS))
     np.testing.assert_array_equal(three[:2], two)
-    np.testing.assert_allclose(two, _direct(model, scaler, timestamps, kpis), rtol=1e-6)
+    np.testing.assert_allclose(two, _direct(model, scaler, timestamps, kpis), rtol=1e-6, atol=1e-3)
 
 
 def test_forecast_refuses_a_window_shorter_than_the_model_input() -> None:
@@ -162,4 +164,19 @@ def test_a_batch_of_windows_gives_each_window_its_own_forecast() -> None:
     batched = forecast.predict_many(windows)
     assert [b.shape for b in batched] == [(1, 11), (5, 11), (2, 11), (3, 11)]
     for (timestamps, kpis, horizon), got in zip(windows, batched, strict=True):
-        np.testing.assert_allclose(got, forecast.predict(timestamps, kpis, horizon), rtol=1e-5)
+        np.testing.assert_allclose(got, forecast.predict(timestamps, kpis, horizon), rtol=1e-5, atol=1e-3)
+
+
+def test_recurrent_forecasts_never_go_below_the_physical_floor_even_when_fed_back() -> None:
+    model = _model()
+    head = model.head
+    assert isinstance(head, torch.nn.Linear)
+    with torch.no_grad():
+        head.weight.fill_(0.0)
+        head.bias.fill_(-5.0)  # every step a large fall, in scaled units
+    timestamps, kpis, scaler = _window(10)
+    got = forecast_recurrent(
+        model, scaler, timestamps, kpis, 5, step=STEP, input_seq_len=10, output_seq_len=1
+    )
+    assert np.all(got >= 0.0)
+    assert np.any(got == 0.0)
