@@ -50,6 +50,7 @@ from shared.kafka import (
 )
 from shared.model_runtime.forecasting import Forecast, RecurrentForecast, TimestampForecast
 from shared.model_runtime.networks import load_model
+from shared.model_runtime.ranges import KpiRanges
 from shared.promotion import current_key
 from shared.retry import Backoff, RetryStopped
 from shared.storage import ObjectNotFound, ObjectStore
@@ -67,6 +68,8 @@ class ServingModel:
     output_seq_len: int
     step: np.timedelta64
     loaded_at: datetime
+    # Plausible input ranges of the model's own training data (requests outside them get 422).
+    ranges: KpiRanges
     meta: dict[str, Any] = field(repr=False)
 
     @property
@@ -146,6 +149,7 @@ def load_serving_model(
             output_seq_len=output_len,
             step=step,
             loaded_at=datetime.now(UTC),
+            ranges=KpiRanges.from_scaler(scaler),
             meta=meta,
         )
     finally:
