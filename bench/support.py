@@ -104,7 +104,7 @@ def promote(
         run.run_id,
         "Default",
         start_time=0,
-        metrics={"test_rmse": 0.1, "test_mae": 0.05, "test_mse": 0.01},
+        metrics={"val_rmse": 0.1, "val_mae": 0.05, "val_mse": 0.01},
     )
     pointer = build_pointer(
         identifier=identifier,

@@ -35,6 +35,7 @@ def run(settings: EvaluatorSettings, stop: threading.Event) -> int:
             [
                 settings.TOPIC_MODEL_TRAINING,
                 settings.TOPIC_MODEL_SELECTED,
+                settings.TOPIC_PROMOTION_DECISIONS,
                 dlq_topic(settings.TOPIC_MODEL_TRAINING),
             ],
         )

@@ -1,15 +1,19 @@
-"""The evaluator: waits for every expected model type of a config hash, promotes the best once.
+"""The evaluator: waits for every expected model type of a config hash, decides once.
+
+Validation decides: candidates are ranked by their validation score and the winner is the
+best-scoring one that beats persistence on validation (`shared.scoring.select`); when none does,
+the decision is a refusal. Either way the decision is an event on `promotion-decisions`.
 
 State lives outside the process so a restart (or a redelivery) changes nothing:
 - successes are whatever FINISHED runs MLflow holds for the config hash (tags `config_hash`,
   `model_type`), so no in-memory set has to survive;
 - failures and the time of the first event of a hash are kept in a small pending object in the
   promotion bucket (`shared.promotion.PendingHash`);
-- a history object for the hash means "already promoted": never again.
+- a decision object for the hash means "already decided": never again.
 
-Promotion order: history object (the decision) → live pointers → MLflow alias → `model-selected`
-→ `published.json`. A crash anywhere leaves the message uncommitted; on redelivery the stored
-decision is finished, not re-made.
+Order: decision object → (promotion: history pointer → live pointers → MLflow alias →
+`model-selected`) → `promotion-decisions` → `published.json`. A crash anywhere leaves the message
+uncommitted; on redelivery the stored decision is finished, not re-made.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from pydantic import BaseModel
 
 from eval_container.settings import EvaluatorSettings
 from shared import promotion
-from shared.events import ModelType, PromotionPointer, TrainingEvent, TrainingStatus
+from shared.events import ModelType, PromotionDecision, PromotionPointer, TrainingEvent, TrainingStatus
 from shared.kafka import EventProducer, MessageContext, PoisonMessage, TransientError
 from shared.mlflow_utils import experiment_for, find_runs, mlflow_unreachable
 from shared.promotion import PendingHash
-from shared.scoring import Candidate, build_pointer, latest_per_type, missing_metrics, rank, skill_gate
+from shared.scoring import Candidate, build_decision, latest_per_type, select
 from shared.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -93,7 +97,6 @@ class Evaluator:
         else:
             pending = self._pending_for(event.config_hash, event.identifier)
             pending.failed[event.model_type.value] = event.error or "training failed (no error given)"
-            pending.closed_reason = None
             promotion.save_pending(self.store, self.bucket, pending)
             log.warning("training failed", extra={**extra, "error": event.error, "run_id": event.run_id})
         self.evaluate(event.config_hash, event.identifier, extra)
@@ -105,7 +108,7 @@ class Evaluator:
             return
         self._next_idle_check = now + IDLE_CHECK_INTERVAL_S
         for config_hash, pending in list(self.pending.items()):
-            if pending.closed_reason or not pending.failed:
+            if not pending.failed:
                 continue
             if not self._timed_out(pending) or now < self._idle_retry_at.get(config_hash, 0.0):
                 continue
@@ -121,8 +124,8 @@ class Evaluator:
     # ------------------------------------------------------------------ decision
     def evaluate(
         self, config_hash: str, identifier: str, extra: Mapping[str, object]
-    ) -> PromotionPointer | None:
-        """Promote when every expected type succeeded, or after the timeout when some failed."""
+    ) -> PromotionDecision | None:
+        """Decide when every expected type succeeded, or after the timeout when some failed."""
         pending = self._pending_for(config_hash, identifier)
         candidates, failed_in_mlflow = self._candidates(config_hash)
         missing = [t for t in self.expected if t not in candidates]
@@ -143,46 +146,39 @@ class Evaluator:
                     },
                 )
                 return None
-            if not candidates:
-                self._close(pending, "no expected model type succeeded; nothing to promote")
-                log.error(
-                    "no expected model type succeeded; nothing promoted",
-                    extra={**extra, "failed": {t.value: pending.failed.get(t.value) for t in failed}},
+            errors = ", ".join(f"{t.value} ({pending.failed.get(t.value, 'run failed')})" for t in failed)
+            if candidates:
+                note = (
+                    f"decided among {', '.join(sorted(c.value for c in candidates))} after "
+                    f"{self.settings.PROMOTION_TIMEOUT_S:g}s; missing "
+                    f"{', '.join(t.value for t in missing)} (failed: {errors})"
                 )
-                return None
-            note = (
-                f"promoted among {', '.join(sorted(c.value for c in candidates))} after "
-                f"{self.settings.PROMOTION_TIMEOUT_S:g}s; missing {', '.join(t.value for t in missing)} "
-                f"(failed: {', '.join(t.value for t in failed)})"
-            )
+            else:
+                note = f"no expected model type succeeded (failed: {errors})"
         weights = self.settings.weights
-        scoreboard = rank(candidates.values(), weights)
-        winner = candidates[scoreboard[0].model_type]
-        if self.settings.SKILL_GATE:
-            verdict = skill_gate(winner)
-            if not verdict.passed:
-                self._close(pending, f"skill gate: {verdict.reason}")
-                log.warning(
-                    "skill gate refused promotion: the best model does not beat persistence",
-                    extra={**extra, "reason": verdict.reason, "run_id": winner.run_id},
-                )
-                return None
-        pointer = build_pointer(
+        decision = build_decision(
             identifier=identifier,
             config_hash=config_hash,
-            winner=winner,
-            scoreboard=scoreboard,
+            selection=select(candidates.values(), weights, gate=self.settings.SKILL_GATE),
             weights=weights,
+            skill_gate=self.settings.SKILL_GATE,
             missing_model_types=missing,
             note=note,
+            timestamp=self._now(),
         )
-        key = promotion.write_history(self.store, self.bucket, pointer)
+        key = promotion.write_decision(self.store, self.bucket, decision)
         log.info(
-            "promotion decided",
-            extra={**extra, "history": key, "run_id": pointer.run_id, "winner": pointer.model_type.value},
+            "decision made",
+            extra={
+                **extra,
+                "decision": decision.decision.value,
+                "history": key,
+                "run_id": decision.run_id,
+                "reason": decision.reason,
+            },
         )
-        self._complete(pointer, extra)
-        return pointer
+        self._complete(decision, extra)
+        return decision
 
     def _candidates(self, config_hash: str) -> tuple[dict[ModelType, Candidate], set[ModelType]]:
         """Latest successful run per expected type, and types whose only runs failed."""
@@ -196,13 +192,7 @@ class Evaluator:
             if run.info.status != "FINISHED":
                 failed.add(model_type)
                 continue
-            absent = missing_metrics(run.data.metrics)
-            if absent:
-                log.warning(
-                    "finished run lacks metrics; it does not compete",
-                    extra={"run_id": run.info.run_id, "config_hash": config_hash, "missing": absent},
-                )
-                continue
+            # A finished run lacking metrics still competes: the gate refuses it, with that reason.
             finished.append(
                 Candidate(
                     model_type=model_type,
@@ -216,7 +206,7 @@ class Evaluator:
         return latest, failed - set(latest)
 
     def _check_success_run(self, event: TrainingEvent) -> None:
-        """A SUCCESS must name a FINISHED run of this hash and type with the scoring metrics."""
+        """A SUCCESS must name a FINISHED run of this hash and type (its metrics are the gate's)."""
         if not event.run_id:
             raise PoisonMessage("SUCCESS event without run_id")
         run_id = event.run_id
@@ -232,34 +222,56 @@ class Evaluator:
             raise TransientError(f"run {event.run_id} is still {status}")
         if status != "FINISHED":
             raise PoisonMessage(f"run {event.run_id} is {status}, not FINISHED")
-        absent = missing_metrics(run.data.metrics)
-        if absent:
-            raise PoisonMessage(f"run {event.run_id} lacks finite {', '.join(absent)}")
 
-    # ------------------------------------------------------------------ promotion steps
+    # ------------------------------------------------------------------ decision steps
     def _finish_if_decided(self, identifier: str, config_hash: str, extra: Mapping[str, object]) -> bool:
-        """True when this hash was promoted already; a promotion cut short by a crash is finished."""
-        history = promotion.list_history(self.store, self.bucket, identifier, config_hash)
-        if not history:
+        """True when this hash was decided already; a decision cut short by a crash is finished."""
+        decision = promotion.latest_decision(self.store, self.bucket, identifier, config_hash)
+        if decision is None:
             return False
         if promotion.is_published(self.store, self.bucket, identifier, config_hash):
-            log.info("config hash already promoted; nothing to do", extra={**extra, "history": history[-1]})
+            log.info(
+                "config hash already decided; nothing to do",
+                extra={**extra, "decision": decision.decision.value, "run_id": decision.run_id},
+            )
             self._forget(config_hash)
             return True
-        pointer = promotion.load_history(self.store, self.bucket, history[-1])
         log.warning(
-            "finishing a promotion interrupted before publishing", extra={**extra, "history": history[-1]}
+            "finishing a decision interrupted before publishing",
+            extra={**extra, "decision": decision.decision.value, "run_id": decision.run_id},
         )
-        self._complete(pointer, extra)
+        self._complete(decision, extra)
         return True
 
-    def _complete(self, pointer: PromotionPointer, extra: Mapping[str, object]) -> None:
+    def _complete(self, decision: PromotionDecision, extra: Mapping[str, object]) -> None:
         """Everything after the decision; each step is idempotent."""
+        topics = self.settings.TOPIC_PROMOTION_DECISIONS
+        pointer = decision.pointer
+        published = [topics]
+        if pointer is not None:
+            self._promote(pointer, extra)
+            published.insert(0, self.settings.TOPIC_MODEL_SELECTED)
+        self.producer.publish(topics, decision.identifier, decision)
+        promotion.mark_published(self.store, self.bucket, decision, published)
+        self._forget(decision.config_hash)
+        if pointer is None:
+            log.warning(
+                "promotion refused",
+                extra={
+                    **extra,
+                    "identifier": decision.identifier,
+                    "reason": decision.reason,
+                    "failed_checks": [
+                        f"{c.model_type.value}:{c.name}" for c in decision.checks if not c.passed
+                    ],
+                },
+            )
+
+    def _promote(self, pointer: PromotionPointer, extra: Mapping[str, object]) -> None:
+        promotion.write_history(self.store, self.bucket, pointer)
         written = promotion.write_current_pointers(self.store, self.bucket, pointer)
         self._move_alias(pointer, extra)
         self.producer.publish(self.settings.TOPIC_MODEL_SELECTED, pointer.identifier, pointer)
-        promotion.mark_published(self.store, self.bucket, pointer, self.settings.TOPIC_MODEL_SELECTED)
-        self._forget(pointer.config_hash)
         log.info(
             "model promoted",
             extra={
@@ -323,12 +335,6 @@ class Evaluator:
     def _timed_out(self, pending: PendingHash) -> bool:
         elapsed = self.clock() - pending.first_seen.timestamp()
         return elapsed >= self.settings.PROMOTION_TIMEOUT_S
-
-    def _close(self, pending: PendingHash, reason: str) -> None:
-        """Stop the timer for a hash that cannot be promoted now; a later event re-opens it."""
-        if pending.closed_reason != reason:
-            pending.closed_reason = reason
-            promotion.save_pending(self.store, self.bucket, pending)
 
     def _forget(self, config_hash: str) -> None:
         if self.pending.pop(config_hash, None) is not None or self.store.exists(

@@ -18,9 +18,9 @@ class EvaluatorSettings(BaseServiceSettings):
         default_factory=lambda: [ModelType.GRU, ModelType.LSTM, ModelType.PROPHET],
         description="Comma-separated model types that must report SUCCESS before promotion",
     )
-    W_RMSE: float = Field(default=0.5, ge=0.0, description="Weight of test_rmse in the score")
-    W_MAE: float = Field(default=0.3, ge=0.0, description="Weight of test_mae in the score")
-    W_MSE: float = Field(default=0.2, ge=0.0, description="Weight of test_mse in the score")
+    W_RMSE: float = Field(default=0.5, ge=0.0, description="Weight of val_rmse in the score")
+    W_MAE: float = Field(default=0.3, ge=0.0, description="Weight of val_mae in the score")
+    W_MSE: float = Field(default=0.2, ge=0.0, description="Weight of val_mse in the score")
     PROMOTION_TIMEOUT_S: float = Field(
         default=180.0,
         gt=0.0,
@@ -28,7 +28,9 @@ class EvaluatorSettings(BaseServiceSettings):
         "since the first event of the config hash",
     )
     SKILL_GATE: bool = Field(
-        default=True, description="The winner's test_rmse must beat baseline_test_rmse (persistence)"
+        default=True,
+        description="Promote only a candidate whose val_rmse_down, val_rmse_up and val_rmse beat "
+        "persistence's; none passing is a refusal",
     )
     HEALTH_PORT: int = Field(default=8080, ge=0, le=65535, description="Port of /healthz and /readyz")
     CONSUMER_GROUP: str = Field(

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from shared.events import PromotionPointer
+from shared.events import PromotionDecision, PromotionPointer, model_dict
 from shared.mlflow_utils import find_runs
 from shared.scoring import DEFAULT_WEIGHTS, missing_metrics, score
 
@@ -26,6 +27,44 @@ if TYPE_CHECKING:
     from flts_cli.state import RunState
 
 FORECAST_ARTIFACT = "plots/forecast_down_up.png"
+# report key → MLflow metric, per model. `rmse_down`/`rmse_up` are the one-step test RMSE (original
+# units), as before validation figures joined them.
+MODEL_FIGURES: dict[str, str] = {
+    "val_rmse": "val_rmse",
+    "val_mae": "val_mae",
+    "val_mse": "val_mse",
+    "val_rmse_down": "val_rmse_down",
+    "val_rmse_up": "val_rmse_up",
+    "baseline_val_rmse": "baseline_val_rmse",
+    "baseline_val_rmse_down": "baseline_val_rmse_down",
+    "baseline_val_rmse_up": "baseline_val_rmse_up",
+    "test_rmse": "test_rmse",
+    "test_mae": "test_mae",
+    "test_mse": "test_mse",
+    "rmse_down": "test_rmse_down",
+    "rmse_up": "test_rmse_up",
+    "test_h30_rmse": "test_h30_rmse",
+    "test_h30_rmse_down": "test_h30_rmse_down",
+    "test_h30_rmse_up": "test_h30_rmse_up",
+    "baseline_test_h30_rmse_down": "baseline_test_h30_rmse_down",
+    "baseline_test_h30_rmse_up": "baseline_test_h30_rmse_up",
+}
+# report key → MLflow metric of persistence, the same rows for every model.
+BASELINE_FIGURES: dict[str, str] = {
+    "val_rmse": "baseline_val_rmse",
+    "val_mae": "baseline_val_mae",
+    "val_mse": "baseline_val_mse",
+    "val_rmse_down": "baseline_val_rmse_down",
+    "val_rmse_up": "baseline_val_rmse_up",
+    "test_rmse": "baseline_test_rmse",
+    "test_mae": "baseline_test_mae",
+    "test_mse": "baseline_test_mse",
+    "rmse_down": "baseline_test_rmse_down",
+    "rmse_up": "baseline_test_rmse_up",
+    "test_h30_rmse": "baseline_test_h30_rmse",
+    "test_h30_rmse_down": "baseline_test_h30_rmse_down",
+    "test_h30_rmse_up": "baseline_test_h30_rmse_up",
+}
 
 
 def read_locust_stats(prefix: Path) -> dict[str, Any]:
@@ -75,8 +114,9 @@ def _percentile(histogram: dict[int, int], fraction: float) -> float | None:
 def build_report(run: RunState, client: MlflowClient | None, total_seconds: float) -> dict[str, Any]:
     """The report of `run` as far as it got; the scoreboard comes from MLflow when it answers."""
     pointer = run.pointer
+    decision = run.decision
     config_hash = run.claim.config_hash if run.claim is not None else None
-    weights = dict(pointer.weights) if pointer is not None else dict(DEFAULT_WEIGHTS)
+    weights = dict(decision.weights) if decision is not None and decision.weights else dict(DEFAULT_WEIGHTS)
     models, baseline = _scoreboard(client, config_hash, weights)
     report: dict[str, Any] = {
         "status": "failed" if run.failed else "ok",
@@ -106,6 +146,7 @@ def build_report(run: RunState, client: MlflowClient | None, total_seconds: floa
             if pointer is not None
             else None
         ),
+        "decision": _decision_summary(decision),
         "score_weights": weights,
         "load_test": run.load_test,
         "trigger_to_live_seconds": run.trigger_to_live_seconds,
@@ -116,10 +157,30 @@ def build_report(run: RunState, client: MlflowClient | None, total_seconds: floa
     return report
 
 
+def _decision_summary(decision: PromotionDecision | None) -> dict[str, Any] | None:
+    """What the evaluator decided and the gate's checks behind it."""
+    if decision is None:
+        return None
+    return {
+        "decision": decision.decision.value,
+        "model_type": decision.model_type.value if decision.model_type is not None else None,
+        "run_id": decision.run_id,
+        "reason": decision.reason,
+        "skill_gate": decision.skill_gate,
+        "checks": [model_dict(check) for check in decision.checks],
+        "missing_model_types": [t.value for t in decision.missing_model_types],
+        "timestamp": decision.timestamp.isoformat(),
+    }
+
+
 def _scoreboard(
     client: MlflowClient | None, config_hash: str | None, weights: dict[str, float]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Each model type's newest run of `config_hash`, and the persistence baseline they logged."""
+    """Each model type's newest run of `config_hash`, and the persistence baseline they logged.
+
+    The score is over the validation figures (the ones the evaluator decides on); the test
+    figures are reported beside them.
+    """
     models: dict[str, Any] = {}
     baseline: dict[str, Any] = {}
     if client is None or not config_hash:
@@ -128,25 +189,25 @@ def _scoreboard(
     for logged in find_runs(client, config_hash):
         latest.setdefault(logged.data.tags.get("model_type", "?"), logged)
     for model_type, logged in sorted(latest.items()):
-        m = logged.data.metrics
-        models[model_type] = {
-            "run_id": logged.info.run_id,
-            "test_rmse": m.get("test_rmse"),
-            "test_mae": m.get("test_mae"),
-            "test_mse": m.get("test_mse"),
-            "score": None if missing_metrics(m) else score(m, weights),
-            "rmse_down": m.get("test_rmse_down"),
-            "rmse_up": m.get("test_rmse_up"),
-        }
-        if not baseline and "baseline_test_rmse" in m:
-            baseline = {
-                "test_rmse": m.get("baseline_test_rmse"),
-                "test_mae": m.get("baseline_test_mae"),
-                "test_mse": m.get("baseline_test_mse"),
-                "rmse_down": m.get("baseline_test_rmse_down"),
-                "rmse_up": m.get("baseline_test_rmse_up"),
-            }
+        metrics = logged.data.metrics
+        models[model_type] = model_figures(logged.info.run_id, metrics, weights)
+        if not baseline and "baseline_test_rmse" in metrics:
+            baseline = baseline_figures(metrics)
     return models, baseline
+
+
+def model_figures(run_id: str, metrics: Mapping[str, float], weights: Mapping[str, float]) -> dict[str, Any]:
+    """One model's entry of `models`: its validation score and figures, then its test figures."""
+    return {
+        "run_id": run_id,
+        "score": None if missing_metrics(metrics) else score(metrics, weights),
+        **{key: metrics.get(name) for key, name in MODEL_FIGURES.items()},
+    }
+
+
+def baseline_figures(metrics: Mapping[str, float]) -> dict[str, Any]:
+    """Persistence's figures, as a run logged them beside its own."""
+    return {key: metrics.get(name) for key, name in BASELINE_FIGURES.items()}
 
 
 def write_report(
@@ -168,7 +229,8 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
         "",
         f"**Result: {report['status'].upper()}**"
         + (
-            f" — failed at `{report.get('failed_stage')}`: {report.get('error')}"
+            # The first line only: a refusal's checks follow as a table.
+            f" — failed at `{report.get('failed_stage')}`: {str(report.get('error')).splitlines()[0]}"
             if report.get("error")
             else ""
         ),
@@ -178,30 +240,9 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
         f"- rows: {report.get('rows')}",
         f"- trigger → promoted model live: {report.get('trigger_to_live_seconds')} s",
         f"- total: {report.get('total_seconds')} s",
-        "",
-        "## Scoreboard (test split, one step ahead)",
-        "",
-        "Scaled metrics are in train-fit MinMax units averaged over the 11 KPIs; "
-        "`down`/`up` RMSE are in original units (bits per 2-minute step). Lower is better.",
-        "",
-        "| model | run | rmse | mae | mse | score | RMSE down | RMSE up | promoted |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    promoted = report.get("promoted") or {}
-    for model_type, m in report.get("models", {}).items():
-        star = "**yes**" if m["run_id"] == promoted.get("run_id") else ""
-        lines.append(
-            f"| {model_type} | `{m['run_id'][:8]}` | {_fmt(m['test_rmse'])} | {_fmt(m['test_mae'])} | "
-            f"{_fmt(m['test_mse'])} | {_fmt(m['score'])} | {_big(m['rmse_down'])} | "
-            f"{_big(m['rmse_up'])} | {star} |"
-        )
-    base = report.get("baseline") or {}
-    if base:
-        lines.append(
-            f"| persistence | — | {_fmt(base.get('test_rmse'))} | {_fmt(base.get('test_mae'))} | "
-            f"{_fmt(base.get('test_mse'))} | — | {_big(base.get('rmse_down'))} | "
-            f"{_big(base.get('rmse_up'))} | |"
-        )
+    lines += _decision_lines(report.get("decision"))
+    lines += _scoreboard_lines(report)
     lines += ["", "## Timeline", "", "| stage | status | seconds |", "|---|---|---|"]
     for name, stage in report.get("stages", {}).items():
         lines.append(f"| {name} | {stage['status']} | {stage['seconds']} |")
@@ -220,6 +261,90 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
         lines += ["", f"## {title}", "", f"![{title}]({name})"]
     lines += ["", "Service logs: `logs/` beside this file. Machine-readable: `report.json`.", ""]
     return "\n".join(lines)
+
+
+def _decision_lines(decision: dict[str, Any] | None) -> list[str]:
+    """The evaluator's decision and each check of its gate (validation split)."""
+    if not decision:
+        return []
+    gate = "on" if decision.get("skill_gate", True) else "off"
+    lines = [
+        "",
+        f"## Decision: {decision['decision']}",
+        "",
+        decision["reason"],
+        "",
+        f"Gate (skill gate {gate}): on the validation rows (the tail of the train split) a candidate "
+        "must beat persistence on `val_rmse_down` and `val_rmse_up` (original units) and on `val_rmse` "
+        "(MinMax units, mean of the 11 KPIs).",
+        "",
+        "| model | run | check | value | persistence | passed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for check in decision.get("checks", []):
+        # Per-KPI figures are in original units, the 11-KPI mean in MinMax units.
+        shown = _big if str(check["name"]).endswith(("_down", "_up")) else _fmt
+        value = "missing" if check["value"] is None else shown(check["value"])
+        baseline = "missing" if check["baseline"] is None else shown(check["baseline"])
+        lines.append(
+            f"| {check['model_type']} | `{str(check['run_id'])[:8]}` | {check['name']} | {value} | "
+            f"{baseline} | {'yes' if check['passed'] else '**no**'} |"
+        )
+    return lines
+
+
+def _scoreboard_lines(report: dict[str, Any]) -> list[str]:
+    promoted = report.get("promoted") or {}
+    models: dict[str, Any] = report.get("models", {})
+    base = report.get("baseline") or {}
+    lines = [
+        "",
+        "## Validation (decides)",
+        "",
+        "Tail of the train split, one step ahead. Scaled metrics are in train-fit MinMax units "
+        "averaged over the 11 KPIs; `down`/`up` RMSE are in original units (bits per 2-minute step). "
+        "score = weighted rmse, mae, mse; lower is better.",
+        "",
+        "| model | run | rmse | mae | mse | score | RMSE down | RMSE up | promoted |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model_type, m in models.items():
+        star = "**yes**" if m["run_id"] == promoted.get("run_id") else ""
+        lines.append(
+            f"| {model_type} | `{m['run_id'][:8]}` | {_fmt(m.get('val_rmse'))} | {_fmt(m.get('val_mae'))} | "
+            f"{_fmt(m.get('val_mse'))} | {_fmt(m.get('score'))} | {_big(m.get('val_rmse_down'))} | "
+            f"{_big(m.get('val_rmse_up'))} | {star} |"
+        )
+    if base:
+        lines.append(
+            f"| persistence | — | {_fmt(base.get('val_rmse'))} | {_fmt(base.get('val_mae'))} | "
+            f"{_fmt(base.get('val_mse'))} | — | {_big(base.get('val_rmse_down'))} | "
+            f"{_big(base.get('val_rmse_up'))} | |"
+        )
+    lines += [
+        "",
+        "## Test (reports)",
+        "",
+        "The test split, scored once. h1: one step ahead; h30: the 30th step (one hour) of a "
+        "recursive forecast. `down`/`up` RMSE in original units.",
+        "",
+        "| model | run | rmse | mae | mse | down h1 | up h1 | down h30 | up h30 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model_type, m in models.items():
+        lines.append(
+            f"| {model_type} | `{m['run_id'][:8]}` | {_fmt(m.get('test_rmse'))} | "
+            f"{_fmt(m.get('test_mae'))} | {_fmt(m.get('test_mse'))} | {_big(m.get('rmse_down'))} | "
+            f"{_big(m.get('rmse_up'))} | "
+            f"{_big(m.get('test_h30_rmse_down'))} | {_big(m.get('test_h30_rmse_up'))} |"
+        )
+    if base:
+        lines.append(
+            f"| persistence | — | {_fmt(base.get('test_rmse'))} | {_fmt(base.get('test_mae'))} | "
+            f"{_fmt(base.get('test_mse'))} | {_big(base.get('rmse_down'))} | {_big(base.get('rmse_up'))} | "
+            f"{_big(base.get('test_h30_rmse_down'))} | {_big(base.get('test_h30_rmse_up'))} |"
+        )
+    return lines
 
 
 def _copy_forecast_plot(client: MlflowClient, pointer: PromotionPointer, directory: Path) -> bool:
@@ -270,4 +395,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _big(value: float | None) -> str:
-    return "—" if value is None else f"{value / 1e6:.2f}M"
+    if value is None:
+        return "—"
+    # Traffic is in the millions; a figure far below (a stuck counter's zero error) stays legible.
+    return f"{value / 1e6:.2f}M" if abs(value) >= 1e6 else f"{value:.4g}"

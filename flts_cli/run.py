@@ -22,6 +22,7 @@ from flts_cli.services import stop_all
 from flts_cli.settings import RunnerSettings
 from flts_cli.stack import HOST, PortInUseError, check_port_free, free_port
 from flts_cli.state import RunOptions, RunState, Stage, StageError, StageFailed
+from shared.events import ModelType
 from shared.mlflow_utils import configure_mlflow_client
 from shared.settings import load_settings
 
@@ -35,6 +36,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument("--sample-test-rows", type=int, default=None, help="test rows (default all)")
     run.add_argument("--salt", default="", help="EXTRA_HASH_SALT: a new salt forces a new config hash")
     run.add_argument("--epochs", type=int, default=None, help="trainer epochs (default: trainer's)")
+    run.add_argument(
+        "--model-types",
+        type=_model_types,
+        default=tuple(t.value for t in ModelType),
+        help="comma-separated model types to train and expect (default GRU,LSTM,PROPHET)",
+    )
     run.add_argument("--load-users", type=int, default=10)
     run.add_argument("--load-spawn-rate", type=float, default=10.0)
     run.add_argument("--load-duration", default="20s", help="Locust run time, e.g. 20s, 1m")
@@ -43,10 +50,19 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument(
         "--no-skill-gate",
         action="store_true",
-        help="promote even if no model beats persistence (for tiny samples)",
+        help="promote the best validation score even if it does not beat persistence (for tiny samples)",
     )
     run.add_argument("--stage-timeout", type=float, default=900.0, help="seconds allowed per stage")
     run.set_defaults(func=cmd_run)
+
+
+def _model_types(value: str) -> tuple[str, ...]:
+    names = [part.strip().upper() for part in value.split(",") if part.strip()]
+    unknown = [name for name in names if name not in ModelType.__members__]
+    if not names or unknown:
+        known = ", ".join(t.value for t in ModelType)
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {known}, got {value!r}")
+    return tuple(dict.fromkeys(names))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

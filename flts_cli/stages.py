@@ -26,11 +26,11 @@ from flts_cli.settings import pipeline_names
 from flts_cli.stack import HOST, LocalStack, StackConfig, StackError, free_port, free_ports
 from flts_cli.state import RunState, Stage, StageError, need
 from flts_cli.watch import EventWatcher
-from shared.events import DataClaim, ModelType, PromotionPointer, TrainingEvent, TrainingStatus
+from shared.events import DataClaim, GateCheck, ModelType, PromotionDecision, TrainingEvent, TrainingStatus
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.mlflow_utils import connect, wait_for_mlflow
 from shared.processed import load_meta
-from shared.promotion import list_history, load_history
+from shared.promotion import latest_decision
 from shared.settings import BaseServiceSettings
 from shared.storage import ObjectStore
 
@@ -69,6 +69,11 @@ TRAINERS = (
     Trainer(ModelType.PROPHET, "nonml_container", neural=False),
 )
 MODEL_TYPES = tuple(trainer.model_type.value for trainer in TRAINERS)
+
+
+def _trainers(run: RunState) -> tuple[Trainer, ...]:
+    """The trainers of the model types this run trains (`--model-types`), in TRAINERS order."""
+    return tuple(t for t in TRAINERS if t.model_type.value in run.options.model_types)
 
 
 def infrastructure(run: RunState, stage: Stage) -> StageOutcome:
@@ -111,13 +116,18 @@ def infrastructure(run: RunState, stage: Stage) -> StageOutcome:
 
 
 def services(run: RunState, stage: Stage) -> StageOutcome:
-    for trainer in TRAINERS:
+    trainers = _trainers(run)
+    for trainer in trainers:
         run.start(trainer.name, python_module(trainer.module), trainer.env(run.options.epochs))
     eval_port = free_port()
     run.start(
         "evaluator",
         python_module("eval_container"),
-        {"HEALTH_PORT": str(eval_port), "SKILL_GATE": "false" if run.options.no_skill_gate else "true"},
+        {
+            "HEALTH_PORT": str(eval_port),
+            "SKILL_GATE": "false" if run.options.no_skill_gate else "true",
+            "EXPECTED_MODEL_TYPES": ",".join(t.model_type.value for t in trainers),
+        },
     )
     inference_port = free_port()
     run.inference_url = f"http://{HOST}:{inference_port}"
@@ -133,7 +143,7 @@ def services(run: RunState, stage: Stage) -> StageOutcome:
         {
             topics.TOPIC_TRAINING_DATA: DataClaim,
             topics.TOPIC_MODEL_TRAINING: TrainingEvent,
-            topics.TOPIC_MODEL_SELECTED: PromotionPointer,
+            topics.TOPIC_PROMOTION_DECISIONS: PromotionDecision,
         },
         since=datetime.now(UTC),
     )
@@ -173,11 +183,14 @@ def preprocess(run: RunState, stage: Stage) -> StageOutcome:
 
 def training(run: RunState, stage: Stage) -> StageOutcome:
     claim = need(run.claim, "the data claim")
-    run.previous_promotion = _earlier_promotion(run, claim)
-    if run.previous_promotion is not None:
-        stage.detail["note"] = "config hash already trained and promoted; nothing retrained"
+    run.previous_decision = _earlier_decision(run, claim)
+    if run.previous_decision is not None:
+        stage.detail["note"] = (
+            f"config hash already trained and {run.previous_decision.decision.value}; nothing retrained"
+        )
         return "skipped"
-    status: dict[str, str] = dict.fromkeys(MODEL_TYPES, "waiting")
+    model_types = tuple(t.model_type.value for t in _trainers(run))
+    status: dict[str, str] = dict.fromkeys(model_types, "waiting")
     events: dict[str, TrainingEvent] = {}
     client = connect(run.env["MLFLOW_TRACKING_URI"])
     epochs: dict[str, str] = {}
@@ -189,43 +202,69 @@ def training(run: RunState, stage: Stage) -> StageOutcome:
             raise StageError(f"timed out; status {status}")
         event = _next_event(run, 0.3)
         if isinstance(event, TrainingEvent) and event.config_hash == claim.config_hash:
+            if event.model_type.value not in status:
+                continue
             status[event.model_type.value] = event.status.value
             events[event.model_type.value] = event
             if event.status == TrainingStatus.FAILED:
                 raise StageError(f"{event.model_type.value} failed: {event.error}")
-        elif isinstance(event, PromotionPointer) and event.config_hash == claim.config_hash:
-            # The evaluator may promote before the last trainer's SUCCESS is read here.
-            run.early_pointer = event
+        elif isinstance(event, PromotionDecision) and event.config_hash == claim.config_hash:
+            # The evaluator may decide before the last trainer's SUCCESS is read here.
+            run.decision = event
         if time.monotonic() - last_epoch_check > 2:
             last_epoch_check = time.monotonic()
             epochs = _epoch_progress(client, events, status)
         run.terminal.update(
-            "training", "  ".join(f"{t}: {epochs.get(t, status[t].lower())}" for t in MODEL_TYPES)
+            "training", "  ".join(f"{t}: {epochs.get(t, status[t].lower())}" for t in model_types)
         )
     stage.detail["runs"] = {t: e.run_id for t, e in events.items()}
     return "ok"
 
 
 def evaluation(run: RunState, stage: Stage) -> StageOutcome:
-    if run.previous_promotion is not None:
-        run.pointer = run.previous_promotion
-        stage.detail["note"] = "promotion of this config hash reused"
-        return "skipped"
-    if run.early_pointer is not None:
-        run.pointer = run.early_pointer
-        return "ok"
+    """Wait for the evaluator's decision; a refusal fails the run at once with its reason."""
     claim = need(run.claim, "the data claim")
+    outcome: StageOutcome = "ok"
+    if run.previous_decision is not None:
+        run.decision = run.previous_decision
+        stage.detail["note"] = "decision of this config hash reused"
+        outcome = "skipped"
     deadline = run.deadline()
-    while time.monotonic() < deadline:
+    while run.decision is None:
+        if time.monotonic() > deadline:
+            topic = need(run.names, "the topic names").TOPIC_PROMOTION_DECISIONS
+            raise StageError(f"no {topic} event for this config hash (see logs/evaluator.log)")
         run.check_services()
         event = _next_event(run, 0.3)
-        if isinstance(event, PromotionPointer) and event.config_hash == claim.config_hash:
-            run.pointer = event
-            stage.detail.update(model_type=event.model_type.value, run_id=event.run_id)
-            return "ok"
-        run.terminal.update("evaluation", "waiting for the evaluator's promotion")
-    topic = need(run.names, "the topic names").TOPIC_MODEL_SELECTED
-    raise StageError(f"no {topic} event for this config hash (see logs/evaluator.log)")
+        if isinstance(event, PromotionDecision) and event.config_hash == claim.config_hash:
+            run.decision = event
+        else:
+            run.terminal.update("evaluation", "waiting for the evaluator's decision")
+    decision = run.decision
+    stage.detail.update(decision=decision.decision.value, reason=decision.reason)
+    if decision.pointer is None:
+        raise StageError(refusal_message(decision))
+    run.pointer = decision.pointer
+    stage.detail.update(model_type=decision.pointer.model_type.value, run_id=decision.pointer.run_id)
+    return outcome
+
+
+def refusal_message(decision: PromotionDecision) -> str:
+    """The refusal's reason and every check with its figures, as the terminal shows them."""
+    lines = [f"the evaluator refused promotion: {decision.reason}"]
+    lines += [f"  {_check_line(check)}" for check in decision.checks]
+    return "\n".join(lines)
+
+
+def _check_line(check: GateCheck) -> str:
+    def figure(value: float | None) -> str:
+        return "missing" if value is None else f"{value:.6g}"
+
+    verdict = "pass" if check.passed else "FAIL"
+    return (
+        f"{check.model_type.value} {check.run_id[:8]} {check.name}: {figure(check.value)} "
+        f"vs persistence {figure(check.baseline)} {verdict}"
+    )
 
 
 def inference_live(run: RunState, stage: Stage) -> StageOutcome:
@@ -322,12 +361,11 @@ def _await_claim(run: RunState) -> DataClaim:
     raise StageError(f"the job exited 0 but no {topic} claim arrived in {CLAIM_AFTER_JOB_S:.0f}s")
 
 
-def _earlier_promotion(run: RunState, claim: DataClaim) -> PromotionPointer | None:
-    """The pointer of an earlier promotion of this config hash, if there was one."""
+def _earlier_decision(run: RunState, claim: DataClaim) -> PromotionDecision | None:
+    """The evaluator's earlier decision on this config hash, if it made one."""
     store = need(run.store, "the object store")
     bucket = need(run.names, "the bucket names").BUCKET_PROMOTION
-    keys = list_history(store, bucket, claim.identifier, claim.config_hash)
-    return load_history(store, bucket, keys[-1]) if keys else None
+    return latest_decision(store, bucket, claim.identifier, claim.config_hash)
 
 
 def _epoch_progress(

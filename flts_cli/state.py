@@ -19,7 +19,7 @@ from flts_cli.settings import RunnerSettings
 from flts_cli.stack import LocalStack
 from flts_cli.terminal import Terminal
 from flts_cli.watch import EventWatcher
-from shared.events import DataClaim, PromotionPointer
+from shared.events import DataClaim, PromotionDecision, PromotionPointer
 from shared.settings import BaseServiceSettings
 from shared.storage import ObjectStore
 
@@ -58,6 +58,7 @@ class RunOptions:
     sample_test_rows: int | None
     salt: str
     epochs: int | None
+    model_types: tuple[str, ...]
     load_users: int
     load_spawn_rate: float
     load_duration: str
@@ -97,8 +98,8 @@ class RunState:
     rows: dict[str, Any] | None = None
     triggered_at: float = 0.0  # monotonic
     # training and evaluation
-    previous_promotion: PromotionPointer | None = None  # this config hash was promoted before
-    early_pointer: PromotionPointer | None = None  # a promotion seen while training was followed
+    previous_decision: PromotionDecision | None = None  # this config hash was decided before
+    decision: PromotionDecision | None = None  # the evaluator's decision for this config hash
     pointer: PromotionPointer | None = None  # the promotion of this run's config hash
     # inference_live and load_test
     trigger_to_live_seconds: float | None = None

@@ -48,7 +48,7 @@ from shared.kafka import (
     make_consumer,
     send_to_dlq,
 )
-from shared.model_runtime.forecasting import Forecast, RecurrentForecast, TimestampForecast
+from shared.model_runtime.forecasting import Forecast, RecurrentForecast
 from shared.model_runtime.networks import load_model
 from shared.model_runtime.ranges import KpiRanges
 from shared.promotion import current_key
@@ -131,10 +131,11 @@ def load_serving_model(
         forecast: Forecast
         if pointer.model_type == ModelType.PROPHET:
             # Imported here: Prophet is heavy and only needed when a Prophet model wins.
-            from shared.model_runtime.prophet import load_prophet_forecaster
+            from shared.model_runtime.prophet import load_prophet_forecast
 
             input_len = _run_input_seq_len(client, pointer.run_id, fallback_input_seq_len)
-            forecast = TimestampForecast(load_prophet_forecaster(model_dir), scaler, input_len, step)
+            # Answers from the client's window, like the recurrent models, with numpy only.
+            forecast = load_prophet_forecast(model_dir, scaler, input_len, step)
             output_len = 1
         else:
             model = load_model(model_dir)

@@ -10,6 +10,13 @@ from typing import Any
 
 from inference_container.settings import InferenceSettings
 from shared.data import KPI_COLUMNS
+from shared.model_runtime.ranges import PLAUSIBLE_SPAN_FACTOR
+
+PLAUSIBLE_RANGE_RULE = (
+    "Every KPI value must lie in the served model's plausible range, or the request gets 422: "
+    "never negative, and at most the model's training maximum of that KPI plus "
+    f"{PLAUSIBLE_SPAN_FACTOR:g} times its training range (max - min)."
+)
 
 # The first ten rows of data/PobleSec_test.csv (Barcelona LTE, 2-minute steps): a real window.
 EXAMPLE_ROWS: tuple[tuple[Any, ...], ...] = (
@@ -165,11 +172,15 @@ def example_columns(rows: tuple[tuple[Any, ...], ...] = EXAMPLE_ROWS) -> dict[st
 
 def predict_openapi(settings: InferenceSettings) -> dict[str, Any]:
     """The `openapi_extra` of the /predict operation."""
-    number_list = {"type": "array", "items": {"type": "number"}, "maxItems": settings.MAX_ROWS}
+    number_list = {
+        "type": "array",
+        "items": {"type": "number", "minimum": 0},
+        "maxItems": settings.MAX_ROWS,
+    }
     columns_schema = {
         "type": "object",
         "description": "Columns of equal length: a timestamp column (ts, time, timestamp or index_col) "
-        "and the 11 KPIs in original units. Unknown columns are ignored.",
+        f"and the 11 KPIs in original units. Unknown columns are ignored. {PLAUSIBLE_RANGE_RULE}",
         "properties": {
             "ts": {
                 "type": "array",
@@ -254,7 +265,8 @@ def predict_openapi(settings: InferenceSettings) -> dict[str, Any]:
         },
         "responses": {
             "200": {
-                "description": "The forecast, every KPI in original units",
+                "description": "The forecast, every KPI in original units and never negative (forecasts "
+                "are raised to the physical floor, 0)",
                 "content": {
                     "application/json": {
                         "example": {
@@ -272,7 +284,9 @@ def predict_openapi(settings: InferenceSettings) -> dict[str, Any]:
             "413": {"description": "Body or row count above the limit", "content": error_body},
             "415": {"description": "Content-Type is not application/json", "content": error_body},
             "422": {
-                "description": "The window is invalid; the message names the problem",
+                "description": "The window is invalid; the message names the problem. This includes a "
+                "KPI outside the served model's plausible range (the message names the column, the "
+                f"first offending row and the range). {PLAUSIBLE_RANGE_RULE}",
                 "content": error_body,
             },
             "503": {"description": "No model loaded yet; see Retry-After", "content": error_body},

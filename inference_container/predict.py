@@ -7,7 +7,8 @@ object, dependency solving and exit stacks; measured figures there) and the Fast
 (with PREDICT_FAST_PATH off it answers every request).
 
 Per request: headers checked, body read with a size cap, orjson parse, numpy validation
-(inference_container.validation), micro-batched forecast with the `ServingModel` read once at
+(inference_container.validation, including the served model's plausible KPI ranges), micro-batched
+forecast (clipped at the physical floor by the model runtime) with the `ServingModel` read once at
 the start (a swap mid-request cannot affect it), orjson response. No shared mutable state.
 """
 
@@ -22,7 +23,6 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import orjson
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from inference_container.batching import MicroBatcher
@@ -36,7 +36,6 @@ from shared.data import KPI_COLUMNS
 log = logging.getLogger(__name__)
 
 JSON_TYPE = b"application/json"
-BATCHED_TYPES = frozenset({"GRU", "LSTM"})
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 BodyReader = Callable[[], Awaitable[bytes]]
 
@@ -85,7 +84,11 @@ class PredictHandler:
             body = await read()
             query = parse_qs(query_string.decode("latin-1")) if query_string else {}
             limits = Limits(
-                model.input_seq_len, model.step, self.settings.MAX_ROWS, self.settings.MAX_INFERENCE_LENGTH
+                model.input_seq_len,
+                model.step,
+                self.settings.MAX_ROWS,
+                self.settings.MAX_INFERENCE_LENGTH,
+                model.ranges,
             )
             parsed = parse_predict_request(
                 parse_json(body),
@@ -95,15 +98,9 @@ class PredictHandler:
             )
         except RequestError as exc:
             return exc.status, error_body(exc.message), []
-        if model.pointer.model_type.value in BATCHED_TYPES:
-            values = await self.batcher.predict(
-                model, parsed.timestamps, parsed.kpis, parsed.inference_length
-            )
-        else:
-            # Prophet predicts in tens of milliseconds: keep it off the event loop.
-            values = await run_in_threadpool(
-                model.forecast.predict, parsed.timestamps, parsed.kpis, parsed.inference_length
-            )
+        # Every model type evaluates a window in well under a millisecond (Prophet's terms are
+        # evaluated directly), so all of them go through the batcher on the event loop.
+        values = await self.batcher.predict(model, parsed.timestamps, parsed.kpis, parsed.inference_length)
         if not np.isfinite(values).all():
             message = "the model's forecast is not finite for these values; are the KPIs in original units?"
             return 422, error_body(message), []

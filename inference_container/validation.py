@@ -3,6 +3,10 @@
 Built for the hot path: orjson parses, a few set and numpy operations validate, and nothing
 per-row goes through pydantic or pandas. Every rejection is a `RequestError` carrying a 4xx
 status and a message that names the field, the row and the problem.
+
+Values are also held to the plausible range of the served model (shared.model_runtime.ranges):
+never negative, never above the model's train maximum plus `PLAUSIBLE_SPAN_FACTOR` train ranges.
+A window outside it would be answered by extrapolation far from anything the model was fitted on.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 import orjson
 
 from shared.data import KPI_COLUMNS
+from shared.model_runtime.ranges import PLAUSIBLE_SPAN_FACTOR, KpiRanges
 
 TIME_COLUMN_CANDIDATES = ("ts", "time", "timestamp")
 # A window needs 12 columns; unknown extras are ignored, but not without bound (each costs work).
@@ -44,6 +49,8 @@ class Limits:
     step: np.timedelta64
     max_rows: int
     max_inference_length: int
+    # The served model's plausible KPI ranges, in KPI_COLUMNS order (its scaler's order).
+    ranges: KpiRanges
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ def parse_predict_request(
             422, f"too few rows: the model needs at least {limits.input_seq_len} rows, got {rows}"
         )
     kpis = _kpi_matrix(columns, rows, time_column)
+    _check_plausible(kpis, limits.ranges)
     timestamps = _timestamps(raw_times, time_column)
     _check_spacing(timestamps, limits.step, time_column)
     _check_range(timestamps, limits.step, horizon, time_column)
@@ -213,6 +221,21 @@ def _kpi_matrix(columns: Mapping[str, Any], rows: int, time_column: str) -> np.n
         row, col = np.argwhere(~np.isfinite(kpis))[0]
         raise RequestError(422, f"column '{KPI_COLUMNS[col]}' row {row}: value is not finite")
     return kpis
+
+
+def _check_plausible(kpis: np.ndarray, ranges: KpiRanges) -> None:
+    """422 naming every column with a value outside the model's plausible range (its first such row)."""
+    # Two comparisons settle the common, in-range case; the per-column report is built only to refuse.
+    if (kpis >= ranges.low).all() and (kpis <= ranges.high).all():
+        return
+    found = ranges.violations(kpis)
+    if found:
+        raise RequestError(
+            422,
+            "KPI values outside the plausible range of the served model (never negative, at most the "
+            f"training maximum plus {PLAUSIBLE_SPAN_FACTOR:g} training ranges): "
+            + "; ".join(violation.describe() for violation in found),
+        )
 
 
 def _timestamps(values: Sequence[Any], time_column: str) -> np.ndarray:

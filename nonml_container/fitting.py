@@ -1,12 +1,12 @@
 """Fitting the Prophet trainer's models: one Prophet per KPI, in this process or in parallel ones.
 
-Models are fitted on the scaled train split (ds = time index, y = scaled KPI) and predict from
-timestamps alone, in scaled units. By default the train split is averaged into 10-minute buckets
+Models are fitted on rows of the scaled train split (ds = time index, y = scaled KPI); their curves
+are functions of the timestamp, in scaled units. By default the train split is averaged into 10-minute buckets
 before fitting: Prophet only models trend and daily/weekly seasonality, which a 10-minute series
 carries as well as the 2-minute one, and Stan's optimiser then works on 5x fewer rows. On the
 full 2-minute PobleSec series LBFGS also fails on `mcs_down` and Prophet falls back to Newton
-(~190 s for that one KPI); on the bucket means it converges in under a second. Predictions are
-still made at the 2-minute test timestamps.
+(~190 s for that one KPI); on the bucket means it converges in under a second. The curves are
+still evaluated at 2-minute timestamps.
 """
 
 from __future__ import annotations

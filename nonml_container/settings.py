@@ -46,7 +46,9 @@ class ProphetSettings(TrainerSettings, ProphetHyperparameters):
         le=64,
         description="Fitting processes; 1 = in-process (each fit on 10-minute means is sub-second)",
     )
-    PROPHET_FIT_TIMEOUT_S: float = Field(default=900.0, gt=0, description="Limit on fitting all KPIs")
+    PROPHET_FIT_TIMEOUT_S: float = Field(
+        default=900.0, gt=0, description="Limit on all fits of one claim (both rounds, every KPI)"
+    )
 
     def model_type_name(self) -> str:
         return self.MODEL_TYPE

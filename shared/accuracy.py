@@ -1,8 +1,11 @@
 """Forecast scoring shared by the trainers, the evaluator and inference.
 
-Every model is scored the same way (DESIGN.md): one step ahead on the same test rows, in the
-train-fit MinMax units averaged over the 11 KPIs, next to the persistence baseline (the last
-observed value) on the same rows, plus per-KPI errors in original units.
+Every model is scored the same way (DESIGN.md), each family next to the persistence baseline (the
+last observed value) on the same rows:
+- `val_*`: one step ahead on the validation period (the tail of the train split); it decides;
+- `test_*`: one step ahead on the test split; it is reported, never used to choose;
+- `test_h30_*`: the 30th step of a recursive forecast on the test split (one hour); reported.
+Means over the KPIs are in the train-fit MinMax units; per-KPI errors are in original units.
 
 "Averaged over the KPIs" means: compute the error of each KPI column, then take the mean of
 those 11 numbers. For MSE and MAE that equals the mean over every cell; for RMSE it is the mean
@@ -12,6 +15,7 @@ of per-KPI RMSEs (not the square root of the pooled MSE), so one badly scaled KP
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -19,15 +23,28 @@ import numpy.typing as npt
 from shared.data import KPI_COLUMNS, MinMaxScaler
 
 Floats = npt.NDArray[np.float64]
+Error = Literal["rmse", "mae", "mse"]
+ALL_ERRORS: tuple[Error, ...] = ("rmse", "mae", "mse")
 
-# Metrics every SUCCESS event must carry (DESIGN.md, model-training events).
+# Metrics every SUCCESS event must carry (DESIGN.md, model-training events): the validation family
+# the evaluator ranks and gates on, and the test family it reports.
 SUMMARY_METRICS: tuple[str, ...] = (
+    "val_rmse",
+    "val_mae",
+    "val_mse",
+    "baseline_val_rmse",
+    "baseline_val_mae",
+    "baseline_val_mse",
     "test_rmse",
     "test_mae",
     "test_mse",
     "baseline_test_rmse",
     "baseline_test_mae",
     "baseline_test_mse",
+    "val_rmse_down",
+    "val_rmse_up",
+    "baseline_val_rmse_down",
+    "baseline_val_rmse_up",
 )
 
 
@@ -84,39 +101,79 @@ def forecast_metrics(
     baseline: np.ndarray,
     scaler: MinMaxScaler,
     columns: Sequence[str] = KPI_COLUMNS,
+    *,
+    prefix: str = "test",
+    errors: Sequence[Error] = ALL_ERRORS,
 ) -> dict[str, float]:
-    """All test metrics of the contract from scaled (rows, 11) arrays on the same rows.
+    """One metric family from scaled (rows, 11) arrays on the same rows.
 
-    Returns test_rmse/mae/mse and baseline_test_rmse/mae/mse in scaled units (mean over KPIs),
-    then test_rmse_<kpi>, test_mae_<kpi>, baseline_test_rmse_<kpi>, baseline_test_mae_<kpi> in
-    original units (inverted with the train-fit scaler).
+    Returns <prefix>_<error> and baseline_<prefix>_<error> in scaled units (mean over KPIs) for
+    each of `errors`, then <prefix>_<error>_<kpi> and baseline_<prefix>_<error>_<kpi> in original
+    units (inverted with the train-fit scaler) for rmse and mae among them.
     """
+    pred, true, base = _family_arrays(predicted, actual, baseline, columns)
+    originals = (scaler.inverse_array(pred), scaler.inverse_array(true), scaler.inverse_array(base))
+    return _family((pred, true, base), originals, columns, prefix, errors)
+
+
+def forecast_metrics_from_original(
+    predicted: np.ndarray,
+    actual: np.ndarray,
+    baseline: np.ndarray,
+    scaler: MinMaxScaler,
+    columns: Sequence[str] = KPI_COLUMNS,
+    *,
+    prefix: str,
+    errors: Sequence[Error] = ALL_ERRORS,
+) -> dict[str, float]:
+    """`forecast_metrics` from arrays in original units (what a `Forecast` answers).
+
+    The per-KPI errors are taken on the arrays as given; the means over KPIs on their
+    scaler.transform_array, so they are comparable across KPIs of very different magnitude.
+    """
+    pred, true, base = _family_arrays(predicted, actual, baseline, columns)
+    scaled = (scaler.transform_array(pred), scaler.transform_array(true), scaler.transform_array(base))
+    return _family(scaled, (pred, true, base), columns, prefix, errors)
+
+
+def _family_arrays(
+    predicted: np.ndarray, actual: np.ndarray, baseline: np.ndarray, columns: Sequence[str]
+) -> tuple[Floats, Floats, Floats]:
     pred, true = _as_2d(predicted, actual)
     base, _ = _as_2d(baseline, actual)
     if pred.shape[1] != len(columns):
         raise ValueError(f"expected {len(columns)} columns, got {pred.shape[1]}")
     if not np.all(np.isfinite(pred)):
         raise ValueError("predictions contain NaN or infinite values")
-    out: dict[str, float] = {
-        "test_rmse": rmse(pred, true),
-        "test_mae": mae(pred, true),
-        "test_mse": mse(pred, true),
-        "baseline_test_rmse": rmse(base, true),
-        "baseline_test_mae": mae(base, true),
-        "baseline_test_mse": mse(base, true),
-    }
-    pred_orig = scaler.inverse_array(pred)
-    true_orig = scaler.inverse_array(true)
-    base_orig = scaler.inverse_array(base)
-    model_rmse = per_column_rmse(pred_orig, true_orig)
-    model_mae = per_column_mae(pred_orig, true_orig)
-    base_rmse = per_column_rmse(base_orig, true_orig)
-    base_mae = per_column_mae(base_orig, true_orig)
+    return pred, true, base
+
+
+_MEASURES = {"rmse": per_column_rmse, "mae": per_column_mae, "mse": per_column_mse}
+
+
+def _family(
+    scaled: tuple[Floats, Floats, Floats],
+    original: tuple[Floats, Floats, Floats],
+    columns: Sequence[str],
+    prefix: str,
+    errors: Sequence[Error],
+) -> dict[str, float]:
+    pred, true, base = scaled
+    out: dict[str, float] = {}
+    for error in errors:
+        out[f"{prefix}_{error}"] = float(np.mean(_MEASURES[error](pred, true)))
+    for error in errors:
+        out[f"baseline_{prefix}_{error}"] = float(np.mean(_MEASURES[error](base, true)))
+    pred_orig, true_orig, base_orig = original
+    # Per-KPI MSE in original units would square values of ~1e8: unreadable and never asked for.
+    per_kpi = [e for e in errors if e != "mse"]
+    model = {e: _MEASURES[e](pred_orig, true_orig) for e in per_kpi}
+    persistence = {e: _MEASURES[e](base_orig, true_orig) for e in per_kpi}
     for i, column in enumerate(columns):
-        out[f"test_rmse_{column}"] = float(model_rmse[i])
-        out[f"test_mae_{column}"] = float(model_mae[i])
-        out[f"baseline_test_rmse_{column}"] = float(base_rmse[i])
-        out[f"baseline_test_mae_{column}"] = float(base_mae[i])
+        for error in per_kpi:
+            out[f"{prefix}_{error}_{column}"] = float(model[error][i])
+        for error in per_kpi:
+            out[f"baseline_{prefix}_{error}_{column}"] = float(persistence[error][i])
     return out
 
 

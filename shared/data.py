@@ -162,3 +162,20 @@ def make_windows(
     x_index = np.arange(input_len)[None, :] + np.arange(count)[:, None]
     y_index = np.arange(output_len)[None, :] + (np.arange(count) + input_len)[:, None]
     return features[x_index], targets[y_index]
+
+
+def validation_start(rows: int, fraction: float, output_len: int) -> int:
+    """First row of the validation period: the tail of a train split of `rows` rows.
+
+    The tail is `max(output_len, round(rows * fraction))` rows, so at least one full target always
+    lies in it. Every trainer fits only on the rows before the returned index; its predictions of
+    the rows from it on decide early stopping, the model choice and the skill gate. Returns 0 when
+    the split is no longer than the tail: the caller decides whether that is enough to train on.
+    """
+    if rows < 0:
+        raise ValueError(f"rows must not be negative, got {rows}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must lie strictly between 0 and 1, got {fraction}")
+    if output_len < 1:
+        raise ValueError(f"output_len must be positive, got {output_len}")
+    return max(0, rows - max(output_len, round(rows * fraction)))

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION: Final = 1
 
@@ -78,16 +78,42 @@ class TrainingEvent(Envelope):
         return f"{verb}: {model_type.value}"
 
 
+class DecisionOutcome(StrEnum):
+    PROMOTED = "promoted"
+    REFUSED = "refused"
+
+
 class ScoreboardEntry(BaseModel):
+    """One candidate of a decision: the validation figures that rank it, the test ones reported.
+
+    A figure the run did not log is None; a candidate without a score was not ranked.
+    """
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     model_type: ModelType
     run_id: str
-    rmse: float
-    mae: float
-    mse: float
-    score: float
+    score: float | None = None
+    val_rmse: float | None = None
+    val_mae: float | None = None
+    val_mse: float | None = None
+    test_rmse: float | None = None
+    test_mae: float | None = None
+    test_mse: float | None = None
     start_time: int | None = None
+
+
+class GateCheck(BaseModel):
+    """One comparison of the promotion gate for one candidate: `value` must be below `baseline`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(min_length=1)
+    model_type: ModelType
+    run_id: str
+    value: float | None
+    baseline: float | None
+    passed: bool
 
 
 class PromotionPointer(Envelope):
@@ -99,6 +125,7 @@ class PromotionPointer(Envelope):
     model_type: ModelType
     experiment: str
     model_uri: str
+    # The winner's validation figures, the ones its score is computed from.
     rmse: float
     mae: float
     mse: float
@@ -108,6 +135,43 @@ class PromotionPointer(Envelope):
     timestamp: datetime = Field(default_factory=utcnow)
     missing_model_types: list[ModelType] = Field(default_factory=list)
     note: str | None = None
+
+
+class PromotionDecision(Envelope):
+    """The evaluator's answer for one config hash, promoted or refused, on `promotion-decisions`.
+
+    Written once per config hash into the promotion history; a promotion carries the pointer that
+    also goes to `model-selected`.
+    """
+
+    identifier: str = Field(min_length=1)
+    config_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    decision: DecisionOutcome
+    model_type: ModelType | None = None
+    run_id: str | None = None
+    reason: str = Field(min_length=1)
+    skill_gate: bool = True
+    checks: list[GateCheck] = Field(default_factory=list)
+    scoreboard: list[ScoreboardEntry] = Field(default_factory=list)
+    weights: dict[str, float] = Field(default_factory=dict)
+    missing_model_types: list[ModelType] = Field(default_factory=list)
+    pointer: PromotionPointer | None = None
+    timestamp: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="after")
+    def _winner_only_when_promoted(self) -> PromotionDecision:
+        if self.decision is DecisionOutcome.PROMOTED:
+            if self.pointer is None or self.run_id != self.pointer.run_id:
+                raise ValueError("a promotion names its winner and carries its pointer")
+            if self.model_type is not self.pointer.model_type or self.config_hash != self.pointer.config_hash:
+                raise ValueError("the pointer of a promotion must be the winner's, for this config hash")
+        elif self.pointer is not None or self.run_id is not None or self.model_type is not None:
+            raise ValueError("a refusal has no winner and no pointer")
+        return self
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision is DecisionOutcome.PROMOTED
 
 
 class DeadLetter(BaseModel):

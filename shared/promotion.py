@@ -1,10 +1,12 @@
 """Promotion objects in the `model-promotion` bucket (layout in DESIGN.md).
 
-- `<identifier>/<config_hash>/promotion-<timestamp>.json`: history, one per promotion. It is the
-  durable decision: a config hash with a history object is never promoted again.
-- `<identifier>/<config_hash>/published.json`: written after `model-selected` was flushed, so a
-  crash between the history write and the publish is finished on redelivery, and a redelivery
-  after it is a no-op.
+- `<identifier>/<config_hash>/decision-<timestamp>.json`: the evaluator's decision for the hash,
+  promoted or refused, one per config hash. It is written before anything else happens, and a
+  config hash with a decision object is never decided again.
+- `<identifier>/<config_hash>/promotion-<timestamp>.json`: the pointer of a promotion (history).
+- `<identifier>/<config_hash>/published.json`: written after the decision (and, for a promotion,
+  the pointer) was flushed to Kafka, so a crash between the decision and the publish is finished
+  on redelivery, and a redelivery after it is a no-op.
 - `<identifier>/current.json` and `current.json`: the live pointers (read by inference).
 - `_evaluator/pending/<config_hash>.json`: the evaluator's waiting state for a config hash
   (first event seen, failed types), so a restart keeps the promotion timeout and failures.
@@ -18,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.events import PromotionPointer, model_dict, utcnow
+from shared.events import DecisionOutcome, PromotionDecision, PromotionPointer, model_dict, utcnow
 from shared.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 CURRENT_NAME = "current.json"
 PUBLISHED_NAME = "published.json"
 HISTORY_PREFIX = "promotion-"
+DECISION_PREFIX = "decision-"
 PENDING_PREFIX = "_evaluator/pending/"
 
 
@@ -38,7 +41,6 @@ class PendingHash(BaseModel):
     identifier: str
     first_seen: datetime = Field(default_factory=utcnow)
     failed: dict[str, str] = Field(default_factory=dict)
-    closed_reason: str | None = None
 
 
 def current_key(identifier: str | None) -> str:
@@ -49,10 +51,17 @@ def history_dir(identifier: str, config_hash: str) -> str:
     return f"{identifier}/{config_hash}/"
 
 
+def _stamp(timestamp: datetime) -> str:
+    # Compact UTC time, microseconds included: keys sort in decision order.
+    return timestamp.strftime("%Y%m%dT%H%M%S%fZ")
+
+
 def history_key(identifier: str, config_hash: str, timestamp: datetime) -> str:
-    # Compact UTC time, microseconds included: keys sort in promotion order.
-    stamp = timestamp.strftime("%Y%m%dT%H%M%S%fZ")
-    return f"{history_dir(identifier, config_hash)}{HISTORY_PREFIX}{stamp}.json"
+    return f"{history_dir(identifier, config_hash)}{HISTORY_PREFIX}{_stamp(timestamp)}.json"
+
+
+def decision_key(identifier: str, config_hash: str, timestamp: datetime) -> str:
+    return f"{history_dir(identifier, config_hash)}{DECISION_PREFIX}{_stamp(timestamp)}.json"
 
 
 def published_key(identifier: str, config_hash: str) -> str:
@@ -66,6 +75,11 @@ def pending_key(config_hash: str) -> str:
 def is_history_key(key: str) -> bool:
     name = key.rsplit("/", 1)[-1]
     return name.startswith(HISTORY_PREFIX) and name.endswith(".json")
+
+
+def is_decision_key(key: str) -> bool:
+    name = key.rsplit("/", 1)[-1]
+    return name.startswith(DECISION_PREFIX) and name.endswith(".json")
 
 
 def _parse_pointer(raw: Any, where: str) -> PromotionPointer | None:
@@ -93,13 +107,21 @@ def load_current_pointer(store: ObjectStore, bucket: str, identifier: str | None
     return _parse_pointer(raw, f"s3://{bucket}/{key}")
 
 
-def list_history(store: ObjectStore, bucket: str, identifier: str, config_hash: str) -> list[str]:
-    """History object keys of one config hash, oldest first."""
+def _keys(store: ObjectStore, bucket: str, identifier: str, config_hash: str) -> list[str]:
     try:
-        keys = store.list_keys(bucket, history_dir(identifier, config_hash))
+        return store.list_keys(bucket, history_dir(identifier, config_hash))
     except ObjectNotFound:
         return []
-    return sorted(k for k in keys if is_history_key(k))
+
+
+def list_history(store: ObjectStore, bucket: str, identifier: str, config_hash: str) -> list[str]:
+    """Promotion history object keys of one config hash, oldest first."""
+    return sorted(k for k in _keys(store, bucket, identifier, config_hash) if is_history_key(k))
+
+
+def list_decisions(store: ObjectStore, bucket: str, identifier: str, config_hash: str) -> list[str]:
+    """Decision object keys of one config hash, oldest first."""
+    return sorted(k for k in _keys(store, bucket, identifier, config_hash) if is_decision_key(k))
 
 
 def load_history(store: ObjectStore, bucket: str, key: str) -> PromotionPointer:
@@ -113,6 +135,46 @@ def write_history(store: ObjectStore, bucket: str, pointer: PromotionPointer) ->
     key = history_key(pointer.identifier, pointer.config_hash, pointer.timestamp)
     store.put_json(bucket, key, model_dict(pointer))
     return key
+
+
+def write_decision(store: ObjectStore, bucket: str, decision: PromotionDecision) -> str:
+    key = decision_key(decision.identifier, decision.config_hash, decision.timestamp)
+    store.put_json(bucket, key, model_dict(decision))
+    return key
+
+
+def load_decision(store: ObjectStore, bucket: str, key: str) -> PromotionDecision:
+    return PromotionDecision.model_validate(store.get_json(bucket, key))
+
+
+def latest_decision(
+    store: ObjectStore, bucket: str, identifier: str, config_hash: str
+) -> PromotionDecision | None:
+    """The decision made for `config_hash`, or None when none was made yet.
+
+    A promotion recorded before decision objects existed (only `promotion-*.json`) still counts
+    as the decision, so such a hash is never decided twice.
+    """
+    decisions = list_decisions(store, bucket, identifier, config_hash)
+    if decisions:
+        return load_decision(store, bucket, decisions[-1])
+    history = list_history(store, bucket, identifier, config_hash)
+    if not history:
+        return None
+    pointer = load_history(store, bucket, history[-1])
+    return PromotionDecision(
+        identifier=pointer.identifier,
+        config_hash=pointer.config_hash,
+        decision=DecisionOutcome.PROMOTED,
+        model_type=pointer.model_type,
+        run_id=pointer.run_id,
+        reason=f"promoted earlier (s3://{bucket}/{history[-1]})",
+        scoreboard=pointer.scoreboard,
+        weights=pointer.weights,
+        missing_model_types=pointer.missing_model_types,
+        pointer=pointer,
+        timestamp=pointer.timestamp,
+    )
 
 
 def write_current_pointers(store: ObjectStore, bucket: str, pointer: PromotionPointer) -> list[str]:
@@ -146,11 +208,17 @@ def is_published(store: ObjectStore, bucket: str, identifier: str, config_hash: 
     return store.exists(bucket, published_key(identifier, config_hash))
 
 
-def mark_published(store: ObjectStore, bucket: str, pointer: PromotionPointer, topic: str) -> None:
+def mark_published(store: ObjectStore, bucket: str, decision: PromotionDecision, topics: list[str]) -> None:
     store.put_json(
         bucket,
-        published_key(pointer.identifier, pointer.config_hash),
-        {"event_id": pointer.event_id, "run_id": pointer.run_id, "topic": topic, "published_at": utcnow()},
+        published_key(decision.identifier, decision.config_hash),
+        {
+            "event_id": decision.event_id,
+            "decision": decision.decision.value,
+            "run_id": decision.run_id,
+            "topics": topics,
+            "published_at": utcnow(),
+        },
     )
 
 

@@ -1,7 +1,9 @@
 """What every trainer does around its model: consume claims, track in MLflow, report on Kafka.
 
 One copy for GRU, LSTM (train_container) and Prophet (nonml_container); each container only
-supplies a `ModelTrainer` that fits its model and predicts the scoring rows.
+supplies a `ModelTrainer` that fits its model on the train rows before the validation period and
+hands back a `Forecast` (shared.model_runtime.forecasting). The service scores every model through
+that Forecast's predict_many, in original units: the same code the inference service answers with.
 
 Handler order for one `training-data` claim (commit happens in ConsumerLoop after return):
 1. Idempotency: a FINISHED MLflow run for (config_hash, model_type) exists -> no retraining; its
@@ -12,8 +14,10 @@ Handler order for one `training-data` claim (commit happens in ConsumerLoop afte
 3. A new MLflow run is created and RUNNING is published with its run id.
 4. Parquet + meta.json are read; a missing or unreadable object, or a meta.json that breaks the
    contract (shared.processed) -> FAILED + DLQ (PoisonMessage).
-5. Fit, score on the contract's rows, log metrics/artifacts, mark the run FINISHED, publish
-   SUCCESS, return.
+5. Fit on the train rows before the validation period (shared.data.validation_start); score the
+   validation period (val_*, decides), the test split (test_*) and the horizon-30 forecast on it
+   (test_h30_*, both reported only); log metrics/artifacts, mark the run FINISHED, publish SUCCESS,
+   return.
 Failures: divergence or unusable data -> run FAILED, FAILED event, DLQ. MLflow unreachable after
 MLFLOW_MAX_RETRIES -> FAILED event, TransientError: ConsumerLoop retries the claim with backoff and
 finally exits non-zero without committing, so the claim is redelivered after restart (a fitted
@@ -33,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -41,8 +45,8 @@ import pyarrow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from shared.accuracy import evaluation_rows, forecast_metrics
-from shared.data import FEATURE_COLUMNS, KPI_COLUMNS
+from shared.accuracy import ALL_ERRORS, Error, forecast_metrics_from_original
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler, validation_start
 from shared.events import DataClaim, ModelType, TrainingEvent, TrainingStatus, dlq_topic
 from shared.kafka import (
     ConsumerLoop,
@@ -70,10 +74,33 @@ from shared.retry import Backoff, RetryBudgetExhausted, RetryStopped, retry_call
 from shared.settings.trainer import ParamValue, TrainerSettings
 from shared.storage import ObjectNotFound, ObjectStore
 
+if TYPE_CHECKING:
+    # Only named in annotations: the module imports torch, which the service itself never needs.
+    from shared.model_runtime.forecasting import Forecast
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _LOG_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+# Steps of the reported long-range forecast: one hour of 2-minute rows, what a planner asks for.
+REPORT_HORIZON = 30
+# Windows per predict_many call: large enough that a recurrent forward pass is not dominated by
+# per-call overhead, small enough that the recursive buffer of a horizon-30 batch stays a few MB.
+PREDICT_CHUNK = 512
+# The scoring families a finished run republishes (the run's other metrics, such as the per-epoch
+# val_loss, are not scores).
+_SCORE_PREFIXES = ("val_rmse", "val_mae", "val_mse", "baseline_val_", "test_", "baseline_test_")
+# What the "model scored" log line shows: what the evaluator's skill gate compares, and the test score.
+_LOGGED_SCORES = (
+    "val_rmse",
+    "baseline_val_rmse",
+    "val_rmse_down",
+    "baseline_val_rmse_down",
+    "val_rmse_up",
+    "baseline_val_rmse_up",
+    "test_rmse",
+    "baseline_test_rmse",
+)
 
 
 class FitStopped(RuntimeError):
@@ -93,9 +120,9 @@ class EpochRecord:
 
 @dataclass
 class FitOutcome:
-    """What a trainer hands back: scoring-row predictions and how to write its model folder."""
+    """What a trainer hands back: the fitted model ready to forecast, and how to write its folder."""
 
-    predictions: np.ndarray  # (test rows - INPUT_SEQ_LEN, 11), scaled units
+    forecast: Forecast  # original units in and out; the service scores every family through it
     save_model: Callable[[Path], None]
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int | None = None
@@ -115,14 +142,22 @@ class ModelTrainer(Protocol):
     def fit(
         self,
         train: pd.DataFrame,
-        test: pd.DataFrame,
+        validation_start: int,
         input_len: int,
         stop: threading.Event,
         on_epoch: Callable[[int], None] | None = None,
+        *,
+        scaler: MinMaxScaler,
+        step: np.timedelta64,
     ) -> FitOutcome:
-        """Fit on `train`; predict test rows input_len..N-1 one step ahead. Raise FitStopped/FitFailed.
+        """Fit on the rows of `train` before `validation_start`; raise FitStopped/FitFailed.
 
-        `on_epoch(epoch)` is called after each finished epoch (models without epochs never call it)."""
+        `train` is the scaled train split (17 feature columns, DatetimeIndex). Rows from
+        `validation_start` on are the validation period: a model may watch them to stop early,
+        never fit on them. `scaler` (the train-fit scaler of the 11 KPIs) and `step` (the rows'
+        spacing) are what the returned Forecast needs to answer in original units, `input_len`
+        rows at a time. `on_epoch(epoch)` is called after each finished epoch (models without
+        epochs never call it)."""
         ...
 
 
@@ -131,6 +166,124 @@ class ProcessedData:
     train: pd.DataFrame
     test: pd.DataFrame
     meta: ProcessedMeta
+    validation_start: int  # first train row of the validation period
+
+
+@dataclass(frozen=True)
+class Series:
+    """One split as a Forecast is asked about it: timestamps and the 11 KPIs in original units."""
+
+    timestamps: np.ndarray  # (N,) datetime64[ns]
+    kpis: np.ndarray  # (N, 11) float64
+
+    @classmethod
+    def from_scaled(cls, frame: pd.DataFrame, scaler: MinMaxScaler) -> Series:
+        """Undo the train-fit scaling of a processed split (back to original units, to float64 rounding)."""
+        timestamps = pd.DatetimeIndex(frame.index).to_numpy(dtype="datetime64[ns]")
+        kpis = scaler.inverse_array(frame.loc[:, list(KPI_COLUMNS)].to_numpy(dtype=np.float64))
+        return cls(timestamps, kpis)
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """A forecast of rows first..N-1 of a series, all in original units, next to persistence."""
+
+    timestamps: np.ndarray  # (rows,) of the predicted rows
+    predicted: np.ndarray  # (rows, 11)
+    actual: np.ndarray  # (rows, 11)
+    baseline: np.ndarray  # (rows, 11): the last value of each input window
+
+
+def forecast_rows(
+    forecast: Forecast,
+    series: Series,
+    first: int,
+    input_len: int,
+    horizon: int = 1,
+    chunk: int = PREDICT_CHUNK,
+) -> ScoredRows:
+    """Predict each row t in first..N-1 from the window of `input_len` rows ending `horizon` rows
+    before it: the window is rows t-horizon-input_len+1 .. t-horizon, the prediction the
+    `horizon`-th step of its recursive forecast, the baseline row t-horizon.
+
+    Windows may reach back before `first` (validation windows start in the fitted rows, as a
+    request does at inference time). ValueError when a window would start before row 0, when there
+    is nothing to predict, or when the forecast answers the wrong shape.
+    """
+    rows = len(series.kpis)
+    if horizon < 1 or input_len < 1 or chunk < 1:
+        raise ValueError("horizon, input_len and chunk must be positive")
+    if first < input_len + horizon - 1:
+        raise ValueError(f"row {first} has no full window of {input_len} rows {horizon} steps before it")
+    if first >= rows:
+        raise ValueError(f"no rows to predict: the series has {rows} rows, scoring starts at row {first}")
+    ends = np.arange(first - horizon, rows - horizon)  # the last row of each input window
+    predicted = np.empty((len(ends), series.kpis.shape[1]), dtype=np.float64)
+    for start in range(0, len(ends), chunk):
+        batch = ends[start : start + chunk]
+        # Views, not copies: a window is two slices of the series.
+        windows = [
+            (
+                series.timestamps[end + 1 - input_len : end + 1],
+                series.kpis[end + 1 - input_len : end + 1],
+                horizon,
+            )
+            for end in batch
+        ]
+        answers = forecast.predict_many(windows)
+        expected = (horizon, series.kpis.shape[1])
+        if len(answers) != len(windows) or any(np.shape(a) != expected for a in answers):
+            shapes = sorted({np.shape(a) for a in answers})
+            raise ValueError(
+                f"forecast answered {len(answers)} arrays of shapes {shapes} for {len(windows)} "
+                f"windows; expected shape {expected} each"
+            )
+        predicted[start : start + len(batch)] = np.stack(answers)[:, horizon - 1]
+    return ScoredRows(series.timestamps[first:], predicted, series.kpis[first:], series.kpis[ends])
+
+
+def score_forecast(
+    forecast: Forecast,
+    train: Series,
+    test: Series,
+    *,
+    validation_start: int,
+    input_len: int,
+    scaler: MinMaxScaler,
+    horizon: int = REPORT_HORIZON,
+    chunk: int = PREDICT_CHUNK,
+) -> tuple[dict[str, float], ScoredRows]:
+    """Every metric family of a fitted model, and its one-step test forecast (for the plot).
+
+    val_*: one step ahead on train rows validation_start..N-1; test_*: one step ahead on test
+    rows input_len..N-1; test_h<horizon>_* (RMSE only): the horizon-th step from every test window
+    ending at rows input_len-1..N-1-horizon, left out when the test split is too short for one.
+    ValueError when a forecast is not finite or has the wrong shape.
+    """
+    validation = forecast_rows(forecast, train, validation_start, input_len, 1, chunk)
+    one_step = forecast_rows(forecast, test, input_len, input_len, 1, chunk)
+    metrics = {
+        **_metric_family(validation, scaler, "val"),
+        **_metric_family(one_step, scaler, "test"),
+    }
+    first_long = input_len + horizon - 1
+    if first_long < len(test.kpis):
+        long = forecast_rows(forecast, test, first_long, input_len, horizon, chunk)
+        metrics.update(_metric_family(long, scaler, f"test_h{horizon}", errors=("rmse",)))
+    else:
+        log.warning(
+            "test split too short for the long-range forecast; its metrics are left out",
+            extra={"test_rows": len(test.kpis), "horizon": horizon, "input_len": input_len},
+        )
+    return metrics, one_step
+
+
+def _metric_family(
+    scored: ScoredRows, scaler: MinMaxScaler, prefix: str, errors: Sequence[Error] = ALL_ERRORS
+) -> dict[str, float]:
+    return forecast_metrics_from_original(
+        scored.predicted, scored.actual, scored.baseline, scaler, prefix=prefix, errors=errors
+    )
 
 
 def validate_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -291,9 +444,7 @@ class TrainerService:
             "claim already trained; acknowledging without retraining",
             extra={**extra, "run_id": run.info.run_id},
         )
-        metrics = {
-            k: float(v) for k, v in run.data.metrics.items() if k.startswith(("test_", "baseline_test_"))
-        }
+        metrics = {k: float(v) for k, v in run.data.metrics.items() if k.startswith(_SCORE_PREFIXES)}
         self.publish(claim, TrainingStatus.SUCCESS, run_id=run.info.run_id, metrics=metrics)
         return True
 
@@ -329,6 +480,7 @@ class TrainerService:
             "dataset": claim.dataset,
             "input_sequence_length": self.settings.INPUT_SEQ_LEN,
             "output_sequence_length": self.settings.OUTPUT_SEQ_LEN,
+            "validation_fraction": self.settings.VALIDATION_FRACTION,
         }
         self.mlflow_call(
             "log_params",
@@ -351,11 +503,19 @@ class TrainerService:
                 raise
             raise PoisonMessage(f"unreadable processed data for {claim.config_hash}: {exc}") from exc
         test = validate_frame(test, "test split")
-        if len(test) <= self.settings.INPUT_SEQ_LEN:
+        input_len, output_len = self.settings.INPUT_SEQ_LEN, self.settings.OUTPUT_SEQ_LEN
+        if len(test) <= input_len:
+            raise PoisonMessage(f"test split has {len(test)} rows; need more than {input_len}")
+        train = validate_frame(train, "train split")
+        cut = validation_start(len(train), self.settings.VALIDATION_FRACTION, output_len)
+        # One full window must fit before the validation period, or there is nothing to fit on and
+        # the first validation row has no input window.
+        if cut < input_len + output_len:
             raise PoisonMessage(
-                f"test split has {len(test)} rows; need more than {self.settings.INPUT_SEQ_LEN}"
+                f"train split has {len(train)} rows; its validation period starts at row {cut}, "
+                f"leaving fewer than {input_len + output_len} rows to fit on"
             )
-        return ProcessedData(validate_frame(train, "train split"), test, meta)
+        return ProcessedData(train, test, meta, cut)
 
     def _fit(self, claim: DataClaim, data: ProcessedData, run_id: str) -> FitOutcome:
         if self._fitted is not None and self._fitted[0] == claim.config_hash:
@@ -365,10 +525,12 @@ class TrainerService:
             return self._fitted[1]
         outcome = self.trainer.fit(
             data.train,
-            data.test,
+            data.validation_start,
             self.settings.INPUT_SEQ_LEN,
             self.stop,
             on_epoch=lambda epoch: self._report_epoch(run_id, epoch),
+            scaler=data.meta.scaler,
+            step=np.timedelta64(data.meta.step_seconds, "s"),
         )
         self._fitted = (claim.config_hash, outcome)
         return outcome
@@ -387,29 +549,37 @@ class TrainerService:
         started = time.monotonic()
         outcome = self._fit(claim, data, run_id)
         fit_seconds = time.monotonic() - started
-        kpis = data.test.loc[:, list(KPI_COLUMNS)].to_numpy(dtype=np.float64)
-        actual, baseline = evaluation_rows(kpis, self.settings.INPUT_SEQ_LEN)
-        if outcome.predictions.shape != actual.shape:
-            raise FitFailed(f"predictions of shape {outcome.predictions.shape}, expected {actual.shape}")
+        scaler = data.meta.scaler
+        started = time.monotonic()
         try:
-            metrics = forecast_metrics(outcome.predictions, actual, baseline, data.meta.scaler)
+            metrics, test_rows = score_forecast(
+                outcome.forecast,
+                Series.from_scaled(data.train, scaler),
+                Series.from_scaled(data.test, scaler),
+                validation_start=data.validation_start,
+                input_len=self.settings.INPUT_SEQ_LEN,
+                scaler=scaler,
+            )
         except ValueError as exc:
-            raise FitFailed(str(exc)) from exc
-        summary = {**metrics, **outcome.extra_metrics, "fit_seconds": fit_seconds}
+            raise FitFailed(f"the fitted model cannot be scored: {exc}") from exc
+        score_seconds = time.monotonic() - started
+        summary = {
+            **metrics,
+            **outcome.extra_metrics,
+            "fit_seconds": fit_seconds,
+            "score_seconds": score_seconds,
+        }
         log.info(
             "model scored",
             extra={
                 **extra,
-                "test_rmse": metrics["test_rmse"],
-                "baseline_test_rmse": metrics["baseline_test_rmse"],
-                "test_rmse_down": metrics["test_rmse_down"],
-                "test_rmse_up": metrics["test_rmse_up"],
+                **{k: metrics[k] for k in _LOGGED_SCORES},
+                "score_seconds": round(score_seconds, 2),
             },
         )
-        timestamps = data.test.index[self.settings.INPUT_SEQ_LEN :]
         with tempfile.TemporaryDirectory(prefix="flts-train-") as tmp:
             root = Path(tmp)
-            self._write_artifacts(root, claim, data, outcome, actual, baseline, timestamps)
+            self._write_artifacts(root, claim, data, outcome, test_rows)
             self._log_run(run_id, summary, outcome, root)
         self.mlflow_call("set_terminated", self.client.set_terminated, run_id, "FINISHED")
         self._fitted = None
@@ -421,9 +591,7 @@ class TrainerService:
         claim: DataClaim,
         data: ProcessedData,
         outcome: FitOutcome,
-        actual: np.ndarray,
-        baseline: np.ndarray,
-        timestamps: pd.DatetimeIndex,
+        test_rows: ScoredRows,
     ) -> None:
         type_name = self.model_type.value
         outcome.save_model(root / type_name)
@@ -431,14 +599,13 @@ class TrainerService:
         (root / "scaler" / "scaler.json").write_text(_json(data.meta.scaler.to_dict()))
         (root / "preprocess").mkdir()
         (root / "preprocess" / "preprocess_config.json").write_text(_json(data.meta.model_dump(mode="json")))
-        inverse = data.meta.scaler.inverse_array
         plot_forecast(
-            timestamps,
-            inverse(actual),
-            inverse(outcome.predictions),
+            pd.DatetimeIndex(test_rows.timestamps),
+            test_rows.actual,
+            test_rows.predicted,
             root / "plots" / "forecast_down_up.png",
             all_columns=KPI_COLUMNS,
-            baseline=inverse(baseline),
+            baseline=test_rows.baseline,
             title=f"{type_name} one step ahead on the test split ({claim.identifier})",
         )
         history = outcome.history

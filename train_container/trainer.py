@@ -7,10 +7,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
+from shared.data import MinMaxScaler
 from shared.events import ModelType
+from shared.model_runtime.forecasting import RecurrentForecast
 from shared.model_runtime.networks import save_model
 from shared.settings.trainer import ParamValue
 from shared.trainer_service import EpochRecord, FitFailed, FitOutcome, FitStopped
@@ -21,7 +24,6 @@ from train_container.training import (
     NotEnoughData,
     TrainingDiverged,
     TrainingStopped,
-    one_step_predictions,
     pick_device,
     train_recurrent,
 )
@@ -48,10 +50,13 @@ class RecurrentTrainer:
     def fit(
         self,
         train: pd.DataFrame,
-        test: pd.DataFrame,
+        validation_start: int,
         input_len: int,
         stop: threading.Event,
         on_epoch: Callable[[int], None] | None = None,
+        *,
+        scaler: MinMaxScaler,
+        step: np.timedelta64,
     ) -> FitOutcome:
         def report(record: EpochLoss) -> None:
             if on_epoch is not None:
@@ -59,21 +64,29 @@ class RecurrentTrainer:
 
         try:
             result = train_recurrent(
-                train, self.hyperparameters, stop=stop, device=self.device, on_epoch=report
+                train,
+                self.hyperparameters,
+                validation_start=validation_start,
+                stop=stop,
+                device=self.device,
+                on_epoch=report,
             )
         except TrainingStopped as exc:
             raise FitStopped(str(exc)) from exc
         except (TrainingDiverged, NotEnoughData) as exc:
             raise FitFailed(str(exc)) from exc
-        model = result.model
-        predictions = one_step_predictions(model, test)
-        cpu_model = model.to("cpu")
+        # Scored on the CPU, as the inference service serves it: the numbers are the served model's.
+        cpu_model = result.model.to("cpu").eval()
+        spec = cpu_model.spec
+        if spec.input_seq_len != input_len:
+            raise FitFailed(f"the model reads windows of {spec.input_seq_len} rows, the service {input_len}")
+        forecast = RecurrentForecast(cpu_model, scaler, spec.input_seq_len, spec.output_seq_len, step)
 
         def save(directory: Path) -> None:
             save_model(cpu_model, directory)
 
         return FitOutcome(
-            predictions=predictions,
+            forecast=forecast,
             save_model=save,
             history=[EpochRecord(h.epoch, h.train_loss, h.val_loss) for h in result.history],
             best_epoch=result.best_epoch,

@@ -1,13 +1,16 @@
-"""Training and evaluation of the recurrent forecasters (GRU, LSTM) in plain PyTorch.
+"""Training of the recurrent forecasters (GRU, LSTM) in plain PyTorch.
 
-The service and `bench/accuracy.py` call the same `train_recurrent`, so the bench measures what
-the pipeline ships. Early stopping watches a validation tail of the train split (never the test
-split); the weights of the best epoch are restored before evaluation.
+The service (train_container.trainer) and the benches (bench/tune.py, bench/accuracy.py) call the
+same `train_recurrent`, so the benches measure what the pipeline ships. The train split is cut at
+`validation_start` (shared.data.validation_start, the same rows for every trainer): the network
+is fitted on the rows before it, its per-KPI normalisation too, and early stopping watches the
+rows from it on (their input windows may reach back before it), keeping the epoch whose
+forecasts beat persistence there by the most; the test split is never seen.
 
-The hyperparameters are `RecurrentHyperparameters` (train_container.settings). Their defaults are
-sized for CPU, where three trainers share 2 cores in the pipeline: a one-cycle learning-rate
-schedule over 20 epochs matches the accuracy of 30-50 plateau-scheduled epochs, and a single GRU
-layer is as accurate as two at half the cost (bench/accuracy.py).
+The loss is taken on the change over the last observed value in the network's per-KPI units
+(shared.model_runtime.networks says why), so one burst in a KPI's training rows cannot make
+that KPI invisible to the loss. The defaults of `RecurrentHyperparameters` were chosen by
+bench/tune.py on the train splits only (docs/ACCURACY.md).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def model_spec(config: RecurrentHyperparameters) -> ModelSpec:
         dropout=config.DROPOUT,
         input_seq_len=config.INPUT_SEQ_LEN,
         output_seq_len=config.OUTPUT_SEQ_LEN,
+        input_clip=config.INPUT_CLIP,
     )
 
 
@@ -70,6 +74,7 @@ class EpochLoss:
     val_loss: float
     seconds: float
     learning_rate: float = 0.0  # at the end of the epoch
+    val_skill: float = math.inf  # mean over KPIs of validation RMSE / persistence RMSE
 
 
 @dataclass
@@ -77,7 +82,8 @@ class TrainResult:
     model: RecurrentNetwork
     history: list[EpochLoss] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # the validation loss of the best epoch
+    best_val_skill: float = math.inf  # what picks the best epoch (EpochLoss.val_skill)
     seconds: float = 0.0
     stop_reason: str = ""
     device: str = "cpu"
@@ -102,31 +108,68 @@ def frame_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_windows(
-    features: np.ndarray, targets: np.ndarray, config: RecurrentHyperparameters
+    features: np.ndarray, targets: np.ndarray, validation_start: int, input_len: int, output_len: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """Windows for training and for the validation tail of the train split.
+    """Windows for training and for the validation rows [validation_start, N) of the train split.
 
     The cut is on rows: validation windows predict only rows at or after the cut, training
     windows only rows before it, so no validation target is ever a training target. The
     validation inputs may reach back before the cut, as they would at inference time.
     """
     rows = len(features)
-    val_rows = max(config.OUTPUT_SEQ_LEN, round(rows * config.VALIDATION_FRACTION))
-    cut = rows - val_rows
+    if not input_len <= validation_start < rows:
+        raise NotEnoughData(
+            f"validation start {validation_start} must leave {input_len} input rows before it "
+            f"and at least one of the {rows} rows after it"
+        )
     train_x, train_y = make_windows(
-        features[:cut], targets[:cut], config.INPUT_SEQ_LEN, config.OUTPUT_SEQ_LEN
+        features[:validation_start], targets[:validation_start], input_len, output_len
     )
-    start = cut - config.INPUT_SEQ_LEN
-    val_x, val_y = make_windows(
-        features[start:], targets[start:], config.INPUT_SEQ_LEN, config.OUTPUT_SEQ_LEN
-    )
+    start = validation_start - input_len
+    val_x, val_y = make_windows(features[start:], targets[start:], input_len, output_len)
     if len(train_x) < 1 or len(val_x) < 1:
         raise NotEnoughData(
             f"{rows} rows give {len(train_x)} training and {len(val_x)} validation windows "
-            f"(input {config.INPUT_SEQ_LEN}, output {config.OUTPUT_SEQ_LEN}, "
-            f"validation fraction {config.VALIDATION_FRACTION})"
+            f"(input {input_len}, output {output_len}, validation from row {validation_start})"
         )
     return (train_x, train_y), (val_x, val_y)
+
+
+def fit_normalisation(
+    features: np.ndarray, n_targets: int, scaling: Literal["robust", "minmax"]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input centre, input scale, change scale) of RecurrentNetwork from the training rows.
+
+    robust: each KPI centred on its median and scaled by its interquartile range, its changes
+    scaled by the median absolute one-step change, so every KPI's typical move is one unit
+    whatever share of its MinMax range a burst took. minmax: identity, the MinMax units as they
+    are. Time features are already within [-1, 1] and keep their values either way.
+    """
+    n_features = features.shape[1]
+    centre = np.zeros(n_features)
+    scale = np.ones(n_features)
+    change = np.ones(n_targets)
+    if scaling == "robust":
+        kpis = features[:, :n_targets].astype(np.float64)
+        q25, q50, q75 = np.percentile(kpis, [25, 50, 75], axis=0)
+        centre[:n_targets] = q50
+        scale[:n_targets] = _positive(q75 - q25, kpis.max(axis=0) - kpis.min(axis=0))
+        steps = np.abs(np.diff(kpis, axis=0))
+        # The median, not the mean: LesCorts' `up` bursts alone make its mean |change| 14 times
+        # its median, which would again shrink the quiet majority of its rows into nothing.
+        change = _positive(np.median(steps, axis=0), _positive(steps.mean(axis=0), scale[:n_targets]))
+    return (
+        torch.tensor(centre, dtype=torch.float32),
+        torch.tensor(scale, dtype=torch.float32),
+        torch.tensor(change, dtype=torch.float32),
+    )
+
+
+def _positive(values: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """`values`, with `fallback` where a KPI is (nearly) constant, and 1 where that is too."""
+    tiny = 1e-6
+    out = np.where(values > tiny, values, fallback)
+    return np.where(out > tiny, out, 1.0)
 
 
 def _loss_fn(name: Literal["mse", "huber", "mae"], huber_delta: float) -> nn.Module:
@@ -160,42 +203,70 @@ def _scheduler(
 
 
 @torch.no_grad()
-def _mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: nn.Module, batch: int) -> float:
+def _validate(
+    model: RecurrentNetwork, x: torch.Tensor, y: torch.Tensor, loss: nn.Module, batch: int
+) -> tuple[float, float]:
+    """(mean loss, skill) over validation windows; y is the normalised change.
+
+    skill is the mean over KPIs of the model's RMSE over persistence's on the same rows (below 1
+    beats persistence): the evaluator's gate asks exactly that of `down`, `up` and the KPI mean,
+    and as a ratio per KPI it weighs every KPI alike whatever its scale.
+    """
     model.eval()
     total = 0.0
+    squared = torch.zeros(model.spec.n_targets, dtype=torch.float64, device=x.device)
     for start in range(0, len(x), batch):
         xb, yb = x[start : start + batch], y[start : start + batch]
-        total += float(loss(model(xb), yb)) * len(xb)
-    return total / len(x)
+        change = model.change(xb)
+        total += float(loss(change, yb)) * len(xb)
+        squared += ((change - yb) ** 2).sum(dim=(0, 1), dtype=torch.float64)
+    baseline = (y.double() ** 2).sum(dim=(0, 1)).clamp_min(1e-12)
+    return total / len(x), float(torch.sqrt(squared / baseline).mean())
+
+
+def _normalised_change(model: RecurrentNetwork, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Targets as the network's `change` expresses them: y minus the last input KPIs, per KPI scale."""
+    return (y - x[:, -1:, : model.spec.n_targets]) / model.change_scale
 
 
 def train_recurrent(
     train_frame: pd.DataFrame,
     config: RecurrentHyperparameters,
     *,
+    validation_start: int,
     stop: threading.Event | None = None,
     device: torch.device | None = None,
     on_epoch: Callable[[EpochLoss], None] | None = None,
     divergence_factor: float = DIVERGENCE_FACTOR,
 ) -> TrainResult:
-    """Train a GRU/LSTM with early stopping on the train split's tail; restore the best epoch.
+    """Train a GRU/LSTM on rows before `validation_start`, early-stopping on the rows from it on.
 
-    Stops at EPOCHS, after PATIENCE epochs without validation improvement, or when
-    MAX_TRAIN_SECONDS of training have passed (the best weights so far are kept). Raises
-    TrainingStopped when `stop` is set (checked between batches) and TrainingDiverged on a
-    non-finite loss or a validation loss above `divergence_factor` times the first epoch's.
+    The normalisation is fitted on the rows before `validation_start`, and the loss is taken on
+    the normalised change (RecurrentNetwork), so every KPI counts. Stops at EPOCHS, after
+    PATIENCE epochs without validation improvement, or when MAX_TRAIN_SECONDS of training have
+    passed; the weights of the best epoch are restored. Raises TrainingStopped when `stop` is set
+    (checked between batches), TrainingDiverged on a non-finite loss or a validation loss above
+    `divergence_factor` times the first epoch's, NotEnoughData when either side of the cut is
+    too short for one window.
     """
     device = device or pick_device()
     torch.manual_seed(config.SEED)
     np.random.seed(config.SEED)
     features, targets = frame_arrays(train_frame)
-    (train_x, train_y), (val_x, val_y) = split_windows(features, targets, config)
+    (train_x, train_y), (val_x, val_y) = split_windows(
+        features, targets, validation_start, config.INPUT_SEQ_LEN, config.OUTPUT_SEQ_LEN
+    )
+    model = build_model(model_spec(config))
+    model.set_normalisation(
+        *fit_normalisation(features[:validation_start], model.spec.n_targets, config.SCALING)
+    )
+    model = model.to(device)
     x = torch.from_numpy(train_x).to(device)
-    y = torch.from_numpy(train_y).to(device)
     vx = torch.from_numpy(val_x).to(device)
-    vy = torch.from_numpy(val_y).to(device)
+    with torch.no_grad():
+        y = _normalised_change(model, x, torch.from_numpy(train_y).to(device))
+        vy = _normalised_change(model, vx, torch.from_numpy(val_y).to(device))
 
-    model = build_model(model_spec(config)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.LEARNING_RATE)
     batches_per_epoch = math.ceil(len(x) / config.BATCH_SIZE)
     plateau, cycle = _scheduler(optimizer, config, batches_per_epoch)
@@ -218,7 +289,7 @@ def train_recurrent(
                 raise TrainingStopped(f"stop requested during epoch {epoch}")
             index = order[start : start + config.BATCH_SIZE]
             optimizer.zero_grad(set_to_none=True)
-            batch_loss = loss_fn(model(x[index]), y[index])
+            batch_loss = loss_fn(model.change(x[index]), y[index])
             if not torch.isfinite(batch_loss):
                 raise TrainingDiverged(f"non-finite training loss in epoch {epoch}")
             batch_loss.backward()
@@ -228,7 +299,7 @@ def train_recurrent(
                 cycle.step()
             running += float(batch_loss.detach()) * len(index)
             seen += len(index)
-        val_loss = _mean_loss(model, vx, vy, loss_fn, eval_batch)
+        val_loss, val_skill = _validate(model, vx, vy, loss_fn, eval_batch)
         if not math.isfinite(val_loss):
             raise TrainingDiverged(f"non-finite validation loss in epoch {epoch}")
         first_val = val_loss if first_val is None else first_val
@@ -242,14 +313,16 @@ def train_recurrent(
             val_loss,
             time.monotonic() - epoch_start,
             float(optimizer.param_groups[0]["lr"]),
+            val_skill,
         )
         result.history.append(record)
         if plateau is not None:
             plateau.step(val_loss)
         if on_epoch is not None:
             on_epoch(record)
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch, stale = val_loss, epoch, 0
+        if val_skill < result.best_val_skill:
+            result.best_val_skill, result.best_val_loss = val_skill, val_loss
+            result.best_epoch, stale = epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
@@ -275,6 +348,7 @@ def train_recurrent(
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss,
+            "best_val_skill": result.best_val_skill,
             "seconds": round(result.seconds, 2),
             "stop_reason": result.stop_reason,
             "device": str(device),

@@ -6,7 +6,7 @@ inference service, the main job's report and the tests all compute predictions t
 Recurrent models (GRU/LSTM) see `input_seq_len` rows of the 17 feature columns (11 scaled KPIs
 then 6 time features) and emit `output_seq_len` rows of the 11 scaled KPIs; horizons longer
 than that are produced recursively, feeding predictions back with the time features of their
-own (future) timestamps. Prophet-style forecasters depend on timestamps alone.
+own (future) timestamps. Prophet forecasts (shared.model_runtime.prophet) read the same windows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import torch
 
 from shared.data import KPI_COLUMNS, TIME_FEATURES, MinMaxScaler
@@ -29,12 +28,6 @@ _NS_PER_MINUTE = 60 * 1_000_000_000
 _MINUTES_PER_DAY = 1440.0
 # 1970-01-01 was a Thursday; pandas numbers Monday as 0, so Thursday is 3.
 _EPOCH_DAY_OF_WEEK = 3
-
-
-class TimestampForecaster(Protocol):
-    """What shared.model_runtime.prophet.load_prophet_forecaster returns."""
-
-    def predict(self, timestamps: pd.DatetimeIndex) -> np.ndarray: ...
 
 
 class Forecast(Protocol):
@@ -205,39 +198,3 @@ def forecast_recurrent_many(
     # Clipped again in original units: float32 rounding of the scaled floor can land just below it.
     out = ranges.clip(features[:, input_seq_len:, :n_kpi].astype(np.float64) * span + lo)
     return [out[b, :horizon] for b, (_, _, horizon) in enumerate(windows)]
-
-
-@dataclass(frozen=True)
-class TimestampForecast:
-    """A forecaster of timestamps alone (Prophet) with its scaler."""
-
-    forecaster: TimestampForecaster
-    scaler: MinMaxScaler
-    input_seq_len: int
-    step: np.timedelta64
-
-    def predict(self, timestamps: np.ndarray, kpis: np.ndarray, horizon: int) -> np.ndarray:
-        """`horizon` rows of the 11 KPIs (original units); the KPIs themselves are not used."""
-        return forecast_from_timestamps(self.forecaster, self.scaler, timestamps, horizon, step=self.step)
-
-    def predict_many(self, windows: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]:
-        return [self.predict(timestamps, kpis, horizon) for timestamps, kpis, horizon in windows]
-
-
-def forecast_from_timestamps(
-    forecaster: TimestampForecaster,
-    scaler: MinMaxScaler,
-    timestamps: np.ndarray,
-    horizon: int,
-    *,
-    step: np.timedelta64,
-) -> np.ndarray:
-    """Predict `horizon` rows (original units) after the last timestamp with a timestamp model."""
-    if horizon < 1:
-        raise ValueError("horizon must be at least 1")
-    lo, span = kpi_scaler_arrays(scaler)
-    ahead = future_timestamps(np.asarray(timestamps)[-1], step, horizon)
-    scaled = np.asarray(forecaster.predict(pd.DatetimeIndex(ahead)), dtype=np.float64)
-    if scaled.shape != (horizon, len(KPI_COLUMNS)):
-        raise ValueError(f"forecaster returned shape {scaled.shape}, expected {(horizon, len(KPI_COLUMNS))}")
-    return scaled * span + lo

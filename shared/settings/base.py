@@ -48,6 +48,9 @@ class BaseServiceSettings(BaseSettings):
     TOPIC_INFERENCE_DATA: str = Field(default="inference-data", description="Claims of the test split")
     TOPIC_MODEL_TRAINING: str = Field(default="model-training", description="Trainer progress events")
     TOPIC_MODEL_SELECTED: str = Field(default="model-selected", description="Promotion pointers")
+    TOPIC_PROMOTION_DECISIONS: str = Field(
+        default="promotion-decisions", description="Every evaluator decision, promoted or refused"
+    )
     BUCKET_DATASET: str = Field(default="dataset", description="Raw CSVs")
     BUCKET_PROCESSED: str = Field(default="processed-data", description="Parquet splits and meta.json")
     BUCKET_PROMOTION: str = Field(default="model-promotion", description="Live pointers and history")

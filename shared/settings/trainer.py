@@ -57,7 +57,8 @@ class WindowShape(Hyperparameters):
 
 
 class TrainerSettings(BaseServiceSettings, WindowShape):
-    """What every trainer shares: the consumer group, the window shape and MLflow retries."""
+    """What every trainer shares: the consumer group, the window shape, the validation period and
+    MLflow retries."""
 
     KAFKA_GROUP_ID: str = Field(default="", description="Consumer group; empty = trainer-<model type>")
     MLFLOW_MAX_RETRIES: int = Field(
@@ -65,6 +66,15 @@ class TrainerSettings(BaseServiceSettings, WindowShape):
     )
     MLFLOW_RETRY_BACKOFF_S: float = Field(
         default=1.0, ge=0.0, le=60.0, description="First delay between MLflow attempts (doubles)"
+    )
+    # Shared, not a model's hyperparameter: every model type must be judged on the same rows.
+    VALIDATION_FRACTION: float = Field(
+        default=0.15,
+        gt=0.0,
+        lt=0.9,
+        description=(
+            "Tail of the TRAIN split: validation period for early stopping, model choice and the skill gate"
+        ),
     )
 
     def model_type_name(self) -> str:

@@ -7,10 +7,12 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import psutil
 
 from flts_cli.stack import StackConfig
@@ -77,6 +79,14 @@ def test_main_job_on_small_sample_runs_every_stage_and_serves_under_load(tmp_pat
     assert report["load_test"]["failures"] == 0
     assert report["load_test"]["requests"] > 500
     assert report["baseline"]["rmse_down"] > 0
+    # Validation decided (gate off on a sample this small), and every figure is reported.
+    decision = report["decision"]
+    assert (decision["decision"], decision["run_id"]) == ("promoted", promoted["run_id"])
+    assert decision["skill_gate"] is False and len(decision["checks"]) == 9
+    for figures in report["models"].values():
+        for key in ("val_rmse", "baseline_val_rmse_up", "rmse_up", "test_h30_rmse_down", "score"):
+            assert figures[key] is not None, (key, figures)
+    assert report["baseline"]["test_h30_rmse_up"] > 0
     for name in ("report.md", "forecast.png", "load_test.png", "logs/inference.log"):
         assert (tmp_path / "report" / name).exists(), name
     # Nothing is left running: no service process, and nothing listens on the stack's ports.
@@ -128,4 +138,56 @@ def test_failing_stage_exits_1_names_the_stage_in_report_and_terminal_and_stops_
     assert "flts run FAILED at preprocess: exit code" in failed.stderr
     assert "preprocess" in failed.stdout and "FAILED" in failed.stdout
     assert (tmp_path / "failed" / "report.md").exists()
+    assert_no_service_left(report)
+
+
+def stuck_counter_dataset(directory: Path, train_rows: int = 400, stuck_rows: int = 150) -> str:
+    """A PobleSec sample whose `down` counter is stuck at one value over the last `stuck_rows` of
+    the train split (test split untouched); returns the dataset name.
+
+    The validation period is the last 15 % of the train split (60 of 400 rows), inside the stuck
+    stretch, so persistence's `down` error there is exactly 0: no model can be strictly below it,
+    whatever it learned, and the gate must refuse every candidate.
+    """
+    name = f"Stuck{uuid.uuid4().hex[:6]}"
+    train = pd.read_csv(REPO_ROOT / "data" / "PobleSec.csv", nrows=train_rows)
+    train.loc[train.index[-stuck_rows:], "down"] = float(train["down"].iloc[-stuck_rows - 1])
+    directory.mkdir(parents=True, exist_ok=True)
+    train.to_csv(directory / f"{name}.csv", index=False)
+    pd.read_csv(REPO_ROOT / "data" / "PobleSec_test.csv", nrows=200).to_csv(
+        directory / f"{name}_test.csv", index=False
+    )
+    return name
+
+
+def test_refusal_fails_the_run_within_seconds_with_the_reason_in_stderr_and_report(tmp_path: Path) -> None:
+    dataset = stuck_counter_dataset(tmp_path / "data")
+    # Its own embedded stack: consumer groups left behind by earlier runs cannot delay the trainer.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(STACK_VARIABLES)}
+    env["DATA_DIR"] = str(tmp_path / "data")
+
+    refused = run_flts(
+        tmp_path / "refused", env, "--dataset", dataset, "--model-types", "GRU", "--epochs", "1"
+    )
+
+    output = refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert refused.returncode == 1, output
+    report = refused.report
+    assert (report["status"], report["failed_stage"]) == ("failed", "evaluation"), output
+    assert list(report["stages"]) == ["infrastructure", "services", "preprocess", "training", "evaluation"]
+    # Seconds after the decision, not the stage timeout: the refusal is an answer.
+    assert report["stages"]["evaluation"]["seconds"] < 15, report["stages"]
+    decision = report["decision"]
+    assert decision["decision"] == "refused" and decision["run_id"] is None and decision["skill_gate"]
+    down = next(c for c in decision["checks"] if c["name"] == "val_rmse_down")
+    assert (down["model_type"], down["baseline"], down["passed"]) == ("GRU", 0.0, False)
+    assert "val_rmse_down" in decision["reason"] and "not below persistence 0" in decision["reason"]
+    assert report["promoted"] is None
+    assert report["error"].startswith("the evaluator refused promotion: ")
+    assert decision["reason"] in report["error"]
+    # The terminal says why, with the figures.
+    assert "flts run FAILED at evaluation: the evaluator refused promotion:" in refused.stderr
+    assert "val_rmse_down:" in refused.stderr and "vs persistence 0 FAIL" in refused.stderr
+    text = (tmp_path / "refused" / "report.md").read_text()
+    assert "## Decision: refused" in text and "| GRU |" in text
     assert_no_service_left(report)

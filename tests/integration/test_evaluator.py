@@ -1,7 +1,8 @@
 """The evaluator as a real process against the real broker, S3 server and MLflow server.
 
 MLflow runs are created here with the contract's tags and metrics (no training), then the
-trainers' `model-training` events are published by hand.
+trainers' `model-training` events are published by hand. What comes out: a decision on
+`promotion-decisions` for every config hash, and the pointer on `model-selected` for promotions.
 """
 
 from __future__ import annotations
@@ -22,11 +23,19 @@ from mlflow.tracking import MlflowClient
 
 from flts_cli.stack import StackConfig, free_port
 from shared import promotion
-from shared.events import ModelType, PromotionPointer, TrainingEvent, TrainingStatus, dlq_topic
+from shared.events import (
+    DecisionOutcome,
+    ModelType,
+    PromotionDecision,
+    PromotionPointer,
+    TrainingEvent,
+    TrainingStatus,
+    dlq_topic,
+)
 from shared.kafka import EventProducer, ensure_topics
 from shared.mlflow_utils import ensure_experiment, experiment_for
 from shared.scoring import DEFAULT_WEIGHTS as WEIGHTS
-from shared.scoring import Candidate, build_pointer, rank
+from shared.scoring import Candidate, build_decision, select
 from shared.storage import ObjectStore
 from tests.helpers.processes import ServiceProcess
 from tests.helpers.topics import Record, read_topic
@@ -41,6 +50,7 @@ def config_hash_for(label: str) -> str:
 class Topics:
     training: str
     selected: str
+    decisions: str
     bucket: str
     group: str
 
@@ -87,7 +97,13 @@ class Harness:
         rmse: float,
         baseline_rmse: float = 1.0,
         status: str = "FINISHED",
+        up: float | None = None,
+        test_rmse: float | None = None,
+        validation: bool = True,
     ) -> str:
+        """A run whose validation RMSE is `rmse` against persistence's `baseline_rmse`; `down` and
+        `up` are in proportion unless `up` says otherwise. `validation=False`: a run logged only
+        test figures (as trainers did before validation metrics existed)."""
         experiment_id = ensure_experiment(self.client, experiment_for(model_type.value))
         run = self.client.create_run(
             experiment_id,
@@ -100,16 +116,30 @@ class Harness:
             },
         )
         run_id: str = run.info.run_id
+        tested = rmse if test_rmse is None else test_rmse
         metrics = {
-            "test_rmse": rmse,
-            "test_mae": rmse * 0.8,
-            "test_mse": rmse * rmse,
+            "test_rmse": tested,
+            "test_mae": tested * 0.8,
+            "test_mse": tested * tested,
             "baseline_test_rmse": baseline_rmse,
             "baseline_test_mae": baseline_rmse * 0.8,
             "baseline_test_mse": baseline_rmse**2,
-            "test_rmse_down": rmse * 100,
-            "test_rmse_up": rmse * 50,
+            "test_rmse_down": tested * 100,
+            "test_rmse_up": tested * 50,
         }
+        if validation:
+            metrics |= {
+                "val_rmse": rmse,
+                "val_mae": rmse * 0.8,
+                "val_mse": rmse * rmse,
+                "baseline_val_rmse": baseline_rmse,
+                "baseline_val_mae": baseline_rmse * 0.8,
+                "baseline_val_mse": baseline_rmse**2,
+                "val_rmse_down": rmse * 100,
+                "val_rmse_up": rmse * 50 if up is None else up,
+                "baseline_val_rmse_down": baseline_rmse * 100,
+                "baseline_val_rmse_up": baseline_rmse * 50,
+            }
         for name, value in metrics.items():
             self.client.log_metric(run_id, name, value)
         self.client.set_terminated(run_id, status=status)
@@ -132,7 +162,7 @@ class Harness:
             run_id=run_id,
             config_hash=config_hash,
             identifier=identifier,
-            metrics={"test_rmse": 0.1} if status is TrainingStatus.SUCCESS else None,
+            metrics={"val_rmse": 0.1} if status is TrainingStatus.SUCCESS else None,
             error="CUDA out of memory" if status is TrainingStatus.FAILED else None,
         )
 
@@ -166,6 +196,17 @@ class Harness:
     def selected(self, identifier: str) -> list[dict[str, Any]]:
         return [value for key, value in self.read_topic(self.topics.selected) if key == identifier]
 
+    def decisions(self, identifier: str) -> list[PromotionDecision]:
+        return [
+            PromotionDecision.model_validate(value)
+            for key, value in self.read_topic(self.topics.decisions)
+            if key == identifier
+        ]
+
+    def stored_decisions(self, identifier: str, config_hash: str) -> list[PromotionDecision]:
+        keys = promotion.list_decisions(self.store, self.topics.bucket, identifier, config_hash)
+        return [promotion.load_decision(self.store, self.topics.bucket, key) for key in keys]
+
     def dead_letters(self) -> list[dict[str, Any]]:
         return [value for _key, value in self.read_topic(dlq_topic(self.topics.training))]
 
@@ -175,11 +216,15 @@ def make_topics(stack: StackConfig, store: ObjectStore) -> Topics:
     topics = Topics(
         training=f"model-training-{suffix}",
         selected=f"model-selected-{suffix}",
+        decisions=f"promotion-decisions-{suffix}",
         bucket=f"model-promotion-{suffix}",
         group=f"evaluator-{suffix}",
     )
     # Created before the evaluator subscribes: a late topic may stay invisible for minutes.
-    ensure_topics(stack.kafka_bootstrap, [topics.training, topics.selected, dlq_topic(topics.training)])
+    ensure_topics(
+        stack.kafka_bootstrap,
+        [topics.training, topics.selected, topics.decisions, dlq_topic(topics.training)],
+    )
     store.ensure_bucket(topics.bucket)
     return topics
 
@@ -189,6 +234,7 @@ def evaluator_env(service_env: dict[str, str], topics: Topics, **extra: str) -> 
         **service_env,
         "TOPIC_MODEL_TRAINING": topics.training,
         "TOPIC_MODEL_SELECTED": topics.selected,
+        "TOPIC_PROMOTION_DECISIONS": topics.decisions,
         "BUCKET_PROMOTION": topics.bucket,
         "CONSUMER_GROUP": topics.group,
         "HEALTH_PORT": str(free_port()),
@@ -219,7 +265,7 @@ def shared_run(
         assert process.stop() == 0, process.tail()
 
 
-def test_three_successes_with_duplicates_promote_exactly_once(
+def test_three_successes_with_duplicates_promote_exactly_once_on_both_topics(
     shared_run: tuple[Harness, EvaluatorProcess],
 ) -> None:
     harness, process = shared_run
@@ -254,6 +300,14 @@ def test_three_successes_with_duplicates_promote_exactly_once(
     # The MLflow UI shows the champion through the registered model's alias.
     version = harness.client.get_model_version_by_alias(f"flts-{identifier}", "champion")
     assert version.run_id == runs[ModelType.LSTM]
+    # The decision goes to promotion-decisions, once, with the pointer model-selected carried.
+    (decision,) = harness.decisions(identifier)
+    assert decision.decision is DecisionOutcome.PROMOTED
+    assert (decision.model_type, decision.run_id) == (ModelType.LSTM, runs[ModelType.LSTM])
+    assert decision.pointer == pointer
+    assert len(decision.checks) == 9 and all(check.passed for check in decision.checks)
+    assert [e.model_type for e in decision.scoreboard] == [ModelType.LSTM, ModelType.GRU, ModelType.PROPHET]
+    assert harness.stored_decisions(identifier, config_hash) == [decision]
 
 
 def test_failed_type_promotes_among_the_rest_after_timeout(
@@ -286,14 +340,18 @@ def test_failed_type_promotes_among_the_rest_after_timeout(
     assert pointer.missing_model_types == [ModelType.LSTM]
     assert pointer.note is not None and "LSTM" in pointer.note
     assert len(harness.history(identifier, config_hash)) == 1
+    (decision,) = harness.decisions(identifier)
+    assert decision.promoted and decision.missing_model_types == [ModelType.LSTM]
 
-    def doomed_closed() -> bool:
-        state = promotion.load_pending(harness.store, harness.topics.bucket).get(doomed_hash)
-        return state is not None and state.closed_reason is not None
-
-    wait_until(doomed_closed, 10, "the all-failed hash to be given up on")
+    # Nothing succeeded: the answer is a refusal naming the failures, and no pointer anywhere.
+    wait_until(lambda: harness.decisions(doomed_id), 10, "the all-failed hash to be refused")
+    (refusal,) = harness.decisions(doomed_id)
+    assert refusal.decision is DecisionOutcome.REFUSED
+    assert "no expected model type succeeded" in refusal.reason and "CUDA out of memory" in refusal.reason
+    assert refusal.missing_model_types == [ModelType.GRU, ModelType.LSTM, ModelType.PROPHET]
     assert harness.history(doomed_id, doomed_hash) == []
     assert harness.selected(doomed_id) == []
+    assert doomed_hash not in promotion.load_pending(harness.store, harness.topics.bucket)
 
 
 def test_newer_config_hash_replaces_the_live_pointer(shared_run: tuple[Harness, EvaluatorProcess]) -> None:
@@ -311,11 +369,12 @@ def test_newer_config_hash_replaces_the_live_pointer(shared_run: tuple[Harness, 
         assert live is not None and live.config_hash == config_hash
     assert [len(harness.history(identifier, h)) for h in promoted] == [1, 1]
     assert [m["config_hash"] for m in harness.selected(identifier)] == promoted
+    assert [d.config_hash for d in harness.decisions(identifier)] == promoted
     global_live = promotion.load_current_pointer(harness.store, harness.topics.bucket, None)
     assert global_live is not None and global_live.config_hash == promoted[-1]
 
 
-def test_promotion_cut_short_after_the_history_write_is_finished_not_redone(
+def test_promotion_cut_short_after_the_decision_write_is_finished_not_redone(
     shared_run: tuple[Harness, EvaluatorProcess],
 ) -> None:
     harness, process = shared_run
@@ -324,18 +383,19 @@ def test_promotion_cut_short_after_the_history_write_is_finished_not_redone(
         t: harness.make_run(config_hash, identifier, t, rmse=0.2) for t in (ModelType.GRU, ModelType.LSTM)
     }
     prophet = harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.1)
-    # What a crash right after the decision leaves: a history object, no live pointer, no message.
-    winner = Candidate(
-        ModelType.PROPHET, prophet, "NonML", 1, {"test_rmse": 0.1, "test_mae": 0.08, "test_mse": 0.01}
-    )
-    decided = build_pointer(
+    # What a crash right after the decision leaves: a decision object, no live pointer, no message.
+    figures = {"val_rmse": 0.1, "val_mae": 0.08, "val_mse": 0.01, "val_rmse_down": 10.0, "val_rmse_up": 5.0}
+    baselines = {"baseline_val_rmse": 1.0, "baseline_val_rmse_down": 100.0, "baseline_val_rmse_up": 50.0}
+    winner = Candidate(ModelType.PROPHET, prophet, "NonML", 1, figures | baselines)
+    decided = build_decision(
         identifier=identifier,
         config_hash=config_hash,
-        winner=winner,
-        scoreboard=rank([winner]),
+        selection=select([winner]),
         weights=WEIGHTS,
+        skill_gate=True,
     )
-    promotion.write_history(harness.store, harness.topics.bucket, decided)
+    assert decided.pointer is not None
+    promotion.write_decision(harness.store, harness.topics.bucket, decided)
 
     for _ in range(2):
         harness.publish(
@@ -343,29 +403,68 @@ def test_promotion_cut_short_after_the_history_write_is_finished_not_redone(
         )
     harness.wait_consumed()
 
+    assert harness.stored_decisions(identifier, config_hash) == [decided]
     assert len(harness.history(identifier, config_hash)) == 1
     messages = harness.selected(identifier)
-    assert [m["event_id"] for m in messages] == [decided.event_id], process.tail()
+    assert [m["event_id"] for m in messages] == [decided.pointer.event_id], process.tail()
+    assert [d.event_id for d in harness.decisions(identifier)] == [decided.event_id]
     live = promotion.load_current_pointer(harness.store, harness.topics.bucket, identifier)
-    assert live == decided
+    assert live == decided.pointer
     assert promotion.is_published(harness.store, harness.topics.bucket, identifier, config_hash)
 
 
-def test_skill_gate_blocks_a_winner_that_does_not_beat_persistence(
+def test_refusal_is_published_with_its_checks_and_nothing_goes_to_model_selected(
     shared_run: tuple[Harness, EvaluatorProcess],
 ) -> None:
     harness, process = shared_run
     config_hash, identifier = config_hash_for("gate"), f"Site-{uuid.uuid4().hex[:6]}"
-    for model_type in (ModelType.GRU, ModelType.LSTM, ModelType.PROPHET):
-        run_id = harness.make_run(config_hash, identifier, model_type, rmse=0.5, baseline_rmse=0.4)
+    runs = {
+        # Half persistence's error on the 11-KPI mean and on `down`, but worse on `up` (30 vs 20).
+        ModelType.GRU: harness.make_run(
+            config_hash, identifier, ModelType.GRU, rmse=0.2, baseline_rmse=0.4, up=30.0
+        ),
+        # Worse than persistence on everything.
+        ModelType.LSTM: harness.make_run(
+            config_hash, identifier, ModelType.LSTM, rmse=0.5, baseline_rmse=0.4
+        ),
+        # Superb on test, but never measured on validation: it cannot be ranked.
+        ModelType.PROPHET: harness.make_run(
+            config_hash, identifier, ModelType.PROPHET, rmse=0.5, test_rmse=0.01, validation=False
+        ),
+    }
+    for model_type, run_id in runs.items():
         harness.publish(harness.event(config_hash, identifier, model_type, run_id), config_hash)
     harness.wait_consumed()
 
-    assert harness.history(identifier, config_hash) == []
+    (decision,) = harness.decisions(identifier)
+    assert decision.decision is DecisionOutcome.REFUSED, process.tail()
+    assert (decision.model_type, decision.run_id, decision.pointer) == (None, None, None)
+    assert decision.config_hash == config_hash and decision.skill_gate
+    checks = {(c.model_type, c.name): c for c in decision.checks}
+    up = checks[(ModelType.GRU, "val_rmse_up")]
+    assert (up.value, up.baseline, up.passed) == (30.0, 20.0, False)
+    assert checks[(ModelType.GRU, "val_rmse_down")].passed and checks[(ModelType.GRU, "val_rmse")].passed
+    assert not any(c.passed for c in decision.checks if c.model_type is not ModelType.GRU)
+    assert checks[(ModelType.PROPHET, "score")].value is None
+    assert "val_rmse_up 30 not below persistence 20" in decision.reason
+    assert "lacks finite val_rmse, val_mae, val_mse" in decision.reason
+    board = decision.scoreboard
+    assert [e.model_type for e in board] == [ModelType.GRU, ModelType.LSTM, ModelType.PROPHET]
+    assert (board[2].score, board[2].test_rmse) == (None, 0.01)
+    # Nothing promoted anywhere; the refusal is in the history.
     assert harness.selected(identifier) == []
-    state = promotion.load_pending(harness.store, harness.topics.bucket)[config_hash]
-    assert state.closed_reason is not None and "persistence baseline" in state.closed_reason
-    assert "skill gate refused promotion" in process.tail(200)
+    assert harness.history(identifier, config_hash) == []
+    assert promotion.load_current_pointer(harness.store, harness.topics.bucket, identifier) is None
+    assert harness.stored_decisions(identifier, config_hash) == [decision]
+    # A run without validation figures is refused, not dead-lettered.
+    assert not [d for d in harness.dead_letters() if config_hash in str(d["payload"])]
+    assert "promotion refused" in process.tail(200)
+
+    # The refusal is the answer for this config hash: redelivery decides nothing again.
+    harness.publish(harness.event(config_hash, identifier, ModelType.GRU, runs[ModelType.GRU]), config_hash)
+    harness.wait_consumed()
+    assert [d.event_id for d in harness.decisions(identifier)] == [decision.event_id]
+    assert len(harness.stored_decisions(identifier, config_hash)) == 1
 
 
 def test_unknown_model_type_and_missing_run_go_to_dlq_without_crash(
@@ -430,5 +529,7 @@ def test_kill_between_second_and_third_event_still_promotes_once(
         assert len(harness.history(identifier, config_hash)) == 1, second.tail()
         (message,) = harness.selected(identifier)
         assert message["run_id"] == runs[ModelType.GRU]
+        (decision,) = harness.decisions(identifier)
+        assert decision.promoted and decision.run_id == runs[ModelType.GRU]
     finally:
         assert second.stop() == 0, second.tail()

@@ -4,6 +4,7 @@ the promotion bucket. Bad input is a 4xx naming the problem; good input gives th
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,17 +14,20 @@ import numpy as np
 import orjson
 import pandas as pd
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from flts_cli.stack import StackConfig, free_port
-from inference_container.app import create_app
+from inference_container.app import InferenceAPI, create_app
 from inference_container.deps import app_state
 from inference_container.settings import InferenceSettings
 from shared.data import KPI_COLUMNS
+from shared.model_runtime.networks import ModelSpec, RecurrentNetwork, build_model
 from shared.storage import ObjectStore
 from tests.helpers.waiting import wait_until
+from tests.integration import test_inference_support as inference_support
 from tests.integration.test_inference_support import (
     LoggedModel,
     direct_prediction,
@@ -41,8 +45,6 @@ def settings_for(stack: StackConfig, **overrides: Any) -> InferenceSettings:
 
 @pytest.fixture(scope="module")
 def identifier() -> str:
-    import uuid
-
     return f"api-{uuid.uuid4().hex[:8]}"
 
 
@@ -149,6 +151,16 @@ BAD_REQUESTS: dict[str, tuple[Callable[[pd.DataFrame], Any], int, str]] = {
     "too few rows": (lambda f: window_body(f, 0, rows=9), 422, "at least 10 rows, got 9"),
     "too many rows": (lambda f: window_body(f, 0, rows=501), 413, "too many rows"),
     "horizon above max": (lambda f: window_body(f, 0, inference_length=49), 422, "between 1 and 48"),
+    "negative traffic": (
+        lambda f: _bad_body(f, lambda b: b["data"]["down"].__setitem__(4, -1000.0)),
+        422,
+        "column 'down' row 4: -1000 is outside the plausible range [0, ",
+    ),
+    "a magnitude of 1e30": (
+        lambda f: _bad_body(f, lambda b: b["data"]["rb_down"].__setitem__(9, 1e30)),
+        422,
+        "column 'rb_down' row 9: 1e+30 is outside the plausible range [0, ",
+    ),
 }
 
 
@@ -296,6 +308,156 @@ def test_openapi_documents_predict_with_real_example_windows(client: TestClient)
     example = content["examples"]["one_step"]["value"]
     assert len(example["data"]["ts"]) == 10 and set(KPI_COLUMNS) <= set(example["data"])
     assert {"400", "413", "415", "422", "503"} <= set(operation["responses"])
+    # The plausible-range rule is part of the contract a client reads.
+    assert (
+        "training maximum of that KPI plus 10 times its training range"
+        in (operation["responses"]["422"]["description"])
+    )
+    columns = content["schema"]["properties"]["data"]["oneOf"][0]
+    assert all(columns["properties"][name]["items"]["minimum"] == 0 for name in KPI_COLUMNS)
     # The documented example is itself a valid request.
     response = post(client, example)
     assert response.status_code == 200 and len(response.json()["predictions"]) == 1
+
+
+def _ceilings(logged: LoggedModel) -> np.ndarray:
+    """The served model's plausible ceilings: train maximum plus 10 train ranges, per KPI."""
+    lo = np.asarray(logged.scaler.data_min, dtype=np.float64)
+    span = np.asarray(logged.scaler.data_range, dtype=np.float64)
+    ceilings: np.ndarray = lo + span + 10 * span
+    return ceilings
+
+
+def _predictions(response: httpx.Response) -> np.ndarray:
+    return np.array([[p[name] for name in KPI_COLUMNS] for p in response.json()["predictions"]])
+
+
+def test_a_window_of_negative_traffic_is_refused_with_the_range_of_the_models_training_data(
+    client: TestClient, logged: LoggedModel, test_split: pd.DataFrame
+) -> None:
+    body = window_body(test_split, 0)
+    body["data"]["down"] = [-abs(v) for v in body["data"]["down"]]
+    body["data"]["up"] = [-abs(v) for v in body["data"]["up"]]
+    response = post(client, body)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    down, up = _ceilings(logged)[:2]
+    assert f"column 'down' row 0: {body['data']['down'][0]:.6g} is outside" in detail
+    assert f"plausible range [0, {down:.6g}]" in detail
+    assert f"column 'up' row 0: {body['data']['up'][0]:.6g} is outside" in detail
+    assert f"plausible range [0, {up:.6g}]" in detail
+    assert "'rnti_count'" not in detail
+
+
+def test_values_from_exactly_zero_up_to_the_ceiling_are_forecast_never_below_zero(
+    client: TestClient, logged: LoggedModel, test_split: pd.DataFrame
+) -> None:
+    zeros = window_body(test_split, 0, inference_length=5)
+    for name in KPI_COLUMNS:
+        zeros["data"][name] = [0.0] * 10
+    app = client.app
+    assert isinstance(app, FastAPI)
+    served = app_state(app).manager.current
+    assert served is not None
+    np.testing.assert_allclose(served.ranges.high, _ceilings(logged), rtol=1e-12)
+    at_ceiling = window_body(test_split, 0)
+    for name, ceiling in zip(KPI_COLUMNS, served.ranges.high.tolist(), strict=True):
+        at_ceiling["data"][name][-1] = ceiling
+    for body in (zeros, at_ceiling):
+        response = post(client, body)
+        assert response.status_code == 200, response.text
+        got = _predictions(response)
+        assert np.isfinite(got).all() and (got >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def route_client(stack: StackConfig, client: TestClient, identifier: str) -> Iterator[TestClient]:
+    """The same model served with PREDICT_FAST_PATH off: every request through the FastAPI route."""
+    settings = settings_for(
+        stack,
+        IDENTIFIER=identifier,
+        MAX_BODY_BYTES=200_000,
+        MAX_ROWS=500,
+        MAX_INFERENCE_LENGTH=48,
+        PREDICT_FAST_PATH=False,
+        TOPIC_MODEL_SELECTED=f"model-selected-{identifier}",
+    )
+    with TestClient(create_app(settings)) as test_client:
+        wait_until(lambda: test_client.get("/readyz").status_code == 200, 60, "the model to load")
+        yield test_client
+
+
+def test_fast_path_and_fastapi_route_answer_every_request_identically(
+    client: TestClient, route_client: TestClient, test_split: pd.DataFrame
+) -> None:
+    fast_app, route_app = client.app, route_client.app
+    assert isinstance(fast_app, InferenceAPI) and isinstance(route_app, InferenceAPI)
+    assert fast_app.fast_predict and not route_app.fast_predict
+    zeros = window_body(test_split, 7)
+    for name in KPI_COLUMNS:
+        zeros["data"][name] = [0] * 10
+    bodies: list[bytes] = [
+        orjson.dumps(window_body(test_split, 300, inference_length=4)),
+        orjson.dumps(zeros),
+        b'{"data": {',
+        *(orjson.dumps(build(test_split)) for build, _, _ in BAD_REQUESTS.values()),
+    ]
+    for raw in bodies:
+        answers = [
+            c.post("/predict", content=raw, headers={"Content-Type": "application/json"})
+            for c in (client, route_client)
+        ]
+        fast, route = answers
+        assert (fast.status_code, fast.headers["content-type"]) == (
+            route.status_code,
+            route.headers["content-type"],
+        ), raw[:200]
+        assert fast.json() == route.json(), raw[:200]
+
+
+def _falling_model(spec: ModelSpec) -> RecurrentNetwork:
+    """A network that forecasts down and up 10 train ranges below the last observed value."""
+    model = build_model(spec)
+    with torch.no_grad():
+        bias = torch.zeros_like(model.head.bias).view(spec.output_seq_len, spec.n_targets)
+        bias[:, [KPI_COLUMNS.index("down"), KPI_COLUMNS.index("up")]] = -10.0
+        model.head.bias.copy_(bias.view(-1))
+    return model
+
+
+@pytest.fixture(scope="module")
+def falling(
+    stack: StackConfig, object_store: ObjectStore, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, LoggedModel]]:
+    identifier = f"falling-{uuid.uuid4().hex[:8]}"
+    with pytest.MonkeyPatch.context() as patch:
+        # log_model_run builds a fresh network; this one must predict below zero.
+        patch.setattr(inference_support, "build_model", _falling_model)
+        logged = log_model_run(stack, tmp_path_factory.mktemp("falling"), identifier=identifier, seed=3)
+    write_pointer(object_store, make_pointer(logged, identifier))
+    settings = settings_for(stack, IDENTIFIER=identifier, TOPIC_MODEL_SELECTED=f"model-selected-{identifier}")
+    with TestClient(create_app(settings)) as test_client:
+        wait_until(lambda: test_client.get("/readyz").status_code == 200, 60, "the model to load")
+        yield test_client, logged
+
+
+def test_a_model_that_forecasts_below_zero_is_answered_with_zero_never_a_negative_kpi(
+    falling: tuple[TestClient, LoggedModel], test_split: pd.DataFrame
+) -> None:
+    falling_client, logged = falling
+    down, up = KPI_COLUMNS.index("down"), KPI_COLUMNS.index("up")
+    for start in (0, 1500, 3000):
+        unclipped = direct_prediction(logged, test_split.iloc[start : start + 10])
+        assert (unclipped[:, [down, up]] < 0).all()  # what the network alone says
+        response = post(falling_client, window_body(test_split, start, inference_length=6))
+        assert response.status_code == 200, response.text
+        got = _predictions(response)
+        assert got.shape == (6, len(KPI_COLUMNS))
+        assert (got >= 0).all()
+        assert (got[:, [down, up]] == 0).all()
+        # The other KPIs are untouched by the floor: step 1 is the network's own forecast.
+        others = [j for j in range(len(KPI_COLUMNS)) if j not in (down, up)]
+        to_model_units = logged.scaler.transform_array
+        np.testing.assert_allclose(
+            to_model_units(got[:1])[:, others], to_model_units(unclipped)[:, others], rtol=0, atol=1e-6
+        )

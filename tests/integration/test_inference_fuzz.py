@@ -14,8 +14,10 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,6 +25,7 @@ from pydantic import SecretStr
 
 from flts_cli.stack import StackConfig
 from inference_container.app import create_app
+from inference_container.deps import app_state
 from inference_container.settings import InferenceSettings
 from shared.data import KPI_COLUMNS
 from shared.storage import ObjectStore
@@ -146,9 +149,53 @@ def test_any_well_formed_window_is_forecast_or_refused_never_a_5xx(
     response = fuzz_client.post(
         "/predict", content=_dumps(body), headers={"Content-Type": "application/json"}
     )
-    # 422 only when extreme (yet finite) inputs drive the forecast beyond float range.
+    # 422 only for values outside the model's plausible range (negative, or far beyond its
+    # training data), or, should any remain, inputs that drive the forecast beyond float range.
     assert response.status_code in (200, 422), response.text[:300]
-    if response.status_code == 200:
-        predictions = response.json()["predictions"]
-        assert len(predictions) == horizon
-        assert all(isinstance(p[name], float) for p in predictions for name in KPI_COLUMNS)
+    if response.status_code == 422:
+        detail = response.json()["detail"]
+        assert "outside the plausible range" in detail or "not finite" in detail, detail
+        return
+    predictions = response.json()["predictions"]
+    assert len(predictions) == horizon
+    assert all(isinstance(p[name], float) and p[name] >= 0 for p in predictions for name in KPI_COLUMNS)
+
+
+@st.composite
+def _plausible_windows(draw: st.DrawFn) -> tuple[dict[str, Any], list[list[float]], int]:
+    """A window as fractions of each KPI's plausible ceiling (0 and 1 included), scaled in the test."""
+    rows = draw(st.integers(10, 40))
+    start = draw(st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1)))
+    stamps = [(start.replace(microsecond=0) + timedelta(minutes=2 * i)).isoformat() for i in range(rows)]
+    fraction = st.sampled_from([0.0, 1.0]) | st.floats(min_value=0.0, max_value=1.0)
+    fractions = draw(
+        st.lists(
+            st.lists(fraction, min_size=len(KPI_COLUMNS), max_size=len(KPI_COLUMNS)),
+            min_size=rows,
+            max_size=rows,
+        )
+    )
+    horizon = draw(st.integers(1, LIMITS["MAX_INFERENCE_LENGTH"]))
+    return {"data": {"ts": stamps}, "inference_length": horizon}, fractions, horizon
+
+
+@given(window=_plausible_windows())
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_any_window_within_the_plausible_range_is_forecast_with_no_negative_kpi(
+    fuzz_client: TestClient, window: tuple[dict[str, Any], list[list[float]], int]
+) -> None:
+    body, fractions, horizon = window
+    app = fuzz_client.app
+    assert isinstance(app, FastAPI)
+    served = app_state(app).manager.current
+    assert served is not None
+    values = np.asarray(fractions) * served.ranges.high
+    for j, name in enumerate(KPI_COLUMNS):
+        body["data"][name] = values[:, j].tolist()
+    response = fuzz_client.post(
+        "/predict", content=_dumps(body), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200, response.text[:300]
+    got = np.array([[p[name] for name in KPI_COLUMNS] for p in response.json()["predictions"]])
+    assert got.shape == (horizon, len(KPI_COLUMNS))
+    assert np.isfinite(got).all() and (got >= 0).all()

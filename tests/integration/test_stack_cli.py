@@ -93,6 +93,8 @@ def assert_stack_serves(kafka: int, s3: int, mlflow: int, state_dir: Path) -> No
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"{HOST}:{kafka}"
 
     topics = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]}).list_topics(timeout=10).topics
+    # The evaluator's answers (refusals included) have a topic before any service starts.
+    assert {"model-selected", "promotion-decisions"} <= set(TOPICS)
     for topic in TOPICS:
         assert topic in topics and dlq_topic(topic) in topics
 

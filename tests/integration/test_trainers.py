@@ -8,6 +8,7 @@ acknowledged without retraining; a claim whose Parquet is missing ends as FAILED
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -35,6 +36,18 @@ from shared.storage import ObjectStore
 REPO = Path(__file__).resolve().parents[2]
 TYPES = ("GRU", "LSTM", "PROPHET")
 EVENT_TIMEOUT_S = 150.0
+# Beyond SUMMARY_METRICS: per-KPI validation errors and the horizon-30 family, which only reports.
+SCORES = (
+    *SUMMARY_METRICS,
+    "val_mae_down",
+    "baseline_val_mae_up",
+    "test_rmse_down",
+    "test_rmse_up",
+    "test_h30_rmse",
+    "baseline_test_h30_rmse",
+    "test_h30_rmse_down",
+    "baseline_test_h30_rmse_up",
+)
 
 
 @dataclass(frozen=True)
@@ -263,8 +276,8 @@ def test_claim_trains_gru_lstm_prophet_with_runs_and_events(
             assert success.operation == f"Trained: {model_type}"
             assert success.experiment == ("NonML" if model_type == "PROPHET" else "Default")
             metrics = success.metrics or {}
-            for key in (*SUMMARY_METRICS, "test_rmse_down", "test_rmse_up"):
-                assert key in metrics, (model_type, key)
+            for key in SCORES:
+                assert key in metrics and math.isfinite(metrics[key]), (model_type, key, metrics.get(key))
             run = client.get_run(success.run_id)
             run_ids[model_type] = success.run_id
             assert run.info.status == "FINISHED"
@@ -275,6 +288,7 @@ def test_claim_trains_gru_lstm_prophet_with_runs_and_events(
             assert run.data.params["input_sequence_length"] == "10"
             assert run.data.params["output_sequence_length"] == "1"
             assert run.data.params["config_hash"] == config_hash
+            assert run.data.params["validation_fraction"] == "0.15"
             if model_type == "PROPHET":
                 assert run.data.params["prophet_n_changepoints"] == "3"
                 assert run.data.params["prophet_workers"] == "2"
@@ -282,7 +296,8 @@ def test_claim_trains_gru_lstm_prophet_with_runs_and_events(
                 assert run.data.params["num_layers"] == "1"
                 assert run.data.params["epochs"] == "2"
                 assert run.data.params["grad_clip"] == "1.0"
-            assert run.data.metrics["test_rmse"] == pytest.approx(metrics["test_rmse"])
+            for key in SCORES:
+                assert run.data.metrics[key] == pytest.approx(metrics[key]), (model_type, key)
             artifacts = _artifact_paths(client, success.run_id)
             for expected in (
                 "scaler/scaler.json",
@@ -300,8 +315,9 @@ def test_claim_trains_gru_lstm_prophet_with_runs_and_events(
                 losses = client.get_metric_history(success.run_id, "val_loss")
                 assert sorted(m.step for m in losses) == [1, 2]
         # every model was scored on the same rows: the persistence numbers agree exactly
-        baselines = {t: client.get_run(r).data.metrics["baseline_test_rmse"] for t, r in run_ids.items()}
-        assert len(set(baselines.values())) == 1, baselines
+        for baseline in ("baseline_val_rmse", "baseline_test_rmse", "baseline_test_h30_rmse"):
+            baselines = {t: client.get_run(r).data.metrics[baseline] for t, r in run_ids.items()}
+            assert len(set(baselines.values())) == 1, (baseline, baselines)
 
         # Redelivery of the same claim: acknowledged with the existing run, nothing retrained.
         producer.publish(trainers.topic_claims, config_hash, claim)
@@ -317,6 +333,9 @@ def test_claim_trains_gru_lstm_prophet_with_runs_and_events(
                 if e.model_type.value == model_type and e.status == TrainingStatus.SUCCESS
             ]
             assert {e.run_id for e in successes} == {run_ids[model_type]}
+            republished = successes[-1].metrics or {}
+            for key in SCORES:
+                assert key in republished, (model_type, key)
             assert len(find_runs(client, config_hash, model_type, ("FINISHED", "RUNNING", "FAILED"))) == 1
     finally:
         reader.close()

@@ -83,6 +83,12 @@ def ten_thousand_columns() -> bytes:
     return orjson.dumps(body)
 
 
+def with_kpi(name: str, values: list[float]) -> bytes:
+    body = valid_body()
+    body["data"][name] = values
+    return orjson.dumps(body)
+
+
 def nested(depth: int) -> bytes:
     return b'{"data": ' + b"[" * depth + b"]" * depth + b"}"
 
@@ -123,6 +129,8 @@ def hostile_requests() -> dict[str, tuple[str, bytes, dict[str, str]]]:
             with_timestamps([f"2019-03-01T10:{2 * i:02d}:00{'Z' if i % 2 else ''}" for i in range(10)]),
             json_header,
         ),
+        "a window of negative traffic": ("/predict", with_kpi("down", [-3.27e8] * 10), json_header),
+        "a KPI of 1e30": ("/predict", with_kpi("up", [1e30] * 10), json_header),
         "mixed offsets on a regular UTC grid": (
             "/predict",
             with_timestamps(

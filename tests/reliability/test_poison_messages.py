@@ -127,6 +127,14 @@ def make_finished_run(stack: StackConfig, config_hash: str, identifier: str) -> 
         tags={"config_hash": config_hash, "model_type": "GRU", "identifier": identifier},
     )
     metrics = {
+        "val_rmse": 0.05,
+        "val_mae": 0.04,
+        "val_mse": 0.0025,
+        "baseline_val_rmse": 0.1,
+        "val_rmse_down": 5.0,
+        "val_rmse_up": 2.0,
+        "baseline_val_rmse_down": 10.0,
+        "baseline_val_rmse_up": 4.0,
         "test_rmse": 0.05,
         "test_mae": 0.04,
         "test_mse": 0.0025,
@@ -153,7 +161,7 @@ def success_event(config_hash: str, identifier: str, run_id: str) -> TrainingEve
         run_id=run_id,
         config_hash=config_hash,
         identifier=identifier,
-        metrics={"test_rmse": 0.05},
+        metrics={"val_rmse": 0.05},
     )
 
 
@@ -164,7 +172,8 @@ def test_evaluator_dead_letters_every_poison_event_and_promotes_on_the_next_vali
     tmp_path: Path,
 ) -> None:
     training, selected, bucket = unique("model-training"), unique("model-selected"), unique("promotion")
-    ensure_topics(stack.kafka_bootstrap, [training, selected, dlq_topic(training)])
+    decisions = unique("promotion-decisions")
+    ensure_topics(stack.kafka_bootstrap, [training, selected, decisions, dlq_topic(training)])
     identifier = unique("poison-eval")
     config_hash = hashlib.sha256(identifier.encode()).hexdigest()
     run_id = make_finished_run(stack, config_hash, identifier)
@@ -181,6 +190,7 @@ def test_evaluator_dead_letters_every_poison_event_and_promotes_on_the_next_vali
         **service_env,
         "TOPIC_MODEL_TRAINING": training,
         "TOPIC_MODEL_SELECTED": selected,
+        "TOPIC_PROMOTION_DECISIONS": decisions,
         "BUCKET_PROMOTION": bucket,
         "CONSUMER_GROUP": unique("evaluator"),
         "HEALTH_PORT": str(port),
@@ -198,6 +208,8 @@ def test_evaluator_dead_letters_every_poison_event_and_promotes_on_the_next_vali
         )
         pointers = [v for k, v in read_topic(stack.kafka_bootstrap, selected) if k == identifier]
         assert [p["run_id"] for p in pointers] == [run_id]
+        answers = [v for k, v in read_topic(stack.kafka_bootstrap, decisions) if k == identifier]
+        assert [(a["decision"], a["run_id"]) for a in answers] == [("promoted", run_id)]
         letters = [v for _k, v in read_topic(stack.kafka_bootstrap, dlq_topic(training))]
         assert len(letters) == 5, letters
         assert_dead_letters(letters, list(poison_bodies({})))

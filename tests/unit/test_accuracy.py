@@ -11,6 +11,7 @@ from shared.accuracy import (
     SUMMARY_METRICS,
     evaluation_rows,
     forecast_metrics,
+    forecast_metrics_from_original,
     mae,
     mse,
     persistence_forecast,
@@ -71,8 +72,7 @@ def test_forecast_metrics_reports_scaled_means_and_original_units_per_kpi() -> N
 
     metrics = forecast_metrics(predicted, actual, baseline, scaler)
 
-    for key in SUMMARY_METRICS:
-        assert key in metrics
+    assert len(metrics) == 6 + 4 * n
     assert metrics["test_rmse"] == pytest.approx(0.1 / n)
     assert metrics["test_mae"] == pytest.approx(0.1 / n)
     assert metrics["test_mse"] == pytest.approx(0.01 / n)
@@ -82,6 +82,76 @@ def test_forecast_metrics_reports_scaled_means_and_original_units_per_kpi() -> N
     assert metrics["test_rmse_up"] == pytest.approx(0.0)
     assert metrics["baseline_test_rmse_rb_up_var"] == pytest.approx(0.4)
     assert metrics["baseline_test_mae_down"] == pytest.approx(0.0)
+
+
+def _scaler_and_rows() -> tuple[MinMaxScaler, np.ndarray, np.ndarray, np.ndarray]:
+    """Original-unit rows where the model misses `down` by 5 and persistence misses `up` by 2."""
+    n = len(KPI_COLUMNS)
+    scaler = MinMaxScaler(KPI_COLUMNS, tuple([100.0] * n), tuple([10.0] * n))
+    actual = np.full((5, n), 105.0)
+    predicted = actual.copy()
+    predicted[:, 0] += 5.0
+    baseline = actual.copy()
+    baseline[:, 1] -= 2.0
+    return scaler, predicted, actual, baseline
+
+
+def test_a_family_from_original_units_takes_kpi_means_in_minmax_units_and_per_kpi_in_original() -> None:
+    scaler, predicted, actual, baseline = _scaler_and_rows()
+    n = len(KPI_COLUMNS)
+
+    metrics = forecast_metrics_from_original(predicted, actual, baseline, scaler, prefix="val")
+
+    assert metrics["val_rmse"] == pytest.approx(0.5 / n)  # 5 of a range of 10, in one KPI of 11
+    assert metrics["val_mae"] == pytest.approx(0.5 / n)
+    assert metrics["val_mse"] == pytest.approx(0.25 / n)
+    assert metrics["baseline_val_rmse"] == pytest.approx(0.2 / n)
+    assert metrics["val_rmse_down"] == pytest.approx(5.0)
+    assert metrics["val_mae_down"] == pytest.approx(5.0)
+    assert metrics["baseline_val_rmse_up"] == pytest.approx(2.0)
+    assert metrics["baseline_val_mae_up"] == pytest.approx(2.0)
+    assert metrics["val_rmse_up"] == 0.0 and metrics["baseline_val_rmse_down"] == 0.0
+    assert not any(key.startswith(("test_", "baseline_test_")) for key in metrics)
+    assert not any(key.startswith(("val_mse_", "baseline_val_mse_")) for key in metrics)
+
+
+def test_scaled_and_original_inputs_give_the_same_family() -> None:
+    scaler, predicted, actual, baseline = _scaler_and_rows()
+    from_original = forecast_metrics_from_original(predicted, actual, baseline, scaler, prefix="test")
+    transform = scaler.transform_array
+    from_scaled = forecast_metrics(transform(predicted), transform(actual), transform(baseline), scaler)
+    assert from_original.keys() == from_scaled.keys()
+    for key, value in from_scaled.items():
+        assert from_original[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_a_family_limited_to_rmse_has_only_rmse_names() -> None:
+    scaler, predicted, actual, baseline = _scaler_and_rows()
+
+    metrics = forecast_metrics_from_original(
+        predicted, actual, baseline, scaler, prefix="test_h30", errors=("rmse",)
+    )
+
+    expected = {"test_h30_rmse", "baseline_test_h30_rmse"}
+    expected |= {f"{who}test_h30_rmse_{kpi}" for kpi in KPI_COLUMNS for who in ("", "baseline_")}
+    assert set(metrics) == expected
+    assert metrics["test_h30_rmse_down"] == pytest.approx(5.0)
+    assert metrics["baseline_test_h30_rmse_up"] == pytest.approx(2.0)
+
+
+def test_summary_metrics_are_the_validation_and_test_families_and_the_gated_kpis() -> None:
+    scaler, predicted, actual, baseline = _scaler_and_rows()
+    metrics = {
+        **forecast_metrics_from_original(predicted, actual, baseline, scaler, prefix="val"),
+        **forecast_metrics_from_original(predicted, actual, baseline, scaler, prefix="test"),
+    }
+    assert set(SUMMARY_METRICS) <= set(metrics)
+    for family in ("val", "test"):
+        for error in ("rmse", "mae", "mse"):
+            assert f"{family}_{error}" in SUMMARY_METRICS
+            assert f"baseline_{family}_{error}" in SUMMARY_METRICS
+    for kpi in ("down", "up"):
+        assert f"val_rmse_{kpi}" in SUMMARY_METRICS and f"baseline_val_rmse_{kpi}" in SUMMARY_METRICS
 
 
 def test_forecast_metrics_refuses_non_finite_predictions() -> None:

@@ -18,6 +18,7 @@ from shared.data import (
     MinMaxScaler,
     make_windows,
     time_features,
+    validation_start,
 )
 from shared.processed import ProcessedMeta, SourceObjects, SplitRows
 
@@ -214,3 +215,29 @@ def test_windows_refuse_bad_lengths() -> None:
         make_windows(features, features[:, :11], input_len=0, output_len=1)
     with pytest.raises(ValueError, match="differ in length"):
         make_windows(features, features[:19, :11], input_len=10, output_len=1)
+
+
+def test_validation_period_of_full_poble_sec_is_the_last_15_percent_of_the_train_rows() -> None:
+    # 15,927 train rows: round(2389.05) = 2389 validation rows, so fitting stops at row 15,538.
+    assert validation_start(15927, 0.15, 1) == 15927 - 2389
+
+
+def test_validation_period_holds_at_least_one_full_target() -> None:
+    # round(20 * 0.01) = 0 rows would leave nothing to validate on; output_len rows are kept instead.
+    assert validation_start(20, 0.01, 1) == 19
+    assert validation_start(20, 0.01, 3) == 17
+    assert validation_start(100, 0.2, 3) == 80
+
+
+def test_validation_period_of_a_split_no_longer_than_it_starts_at_row_zero() -> None:
+    assert validation_start(2, 0.15, 5) == 0
+    assert validation_start(0, 0.15, 1) == 0
+
+
+@pytest.mark.parametrize(
+    ("rows", "fraction", "output_len"),
+    [(-1, 0.15, 1), (100, 0.0, 1), (100, 1.0, 1), (100, float("nan"), 1), (100, 0.15, 0)],
+)
+def test_validation_start_refuses_impossible_arguments(rows: int, fraction: float, output_len: int) -> None:
+    with pytest.raises(ValueError):
+        validation_start(rows, fraction, output_len)

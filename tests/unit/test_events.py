@@ -12,7 +12,10 @@ from shared.events import (
     SCHEMA_VERSION,
     DataClaim,
     DeadLetter,
+    DecisionOutcome,
+    GateCheck,
     ModelType,
+    PromotionDecision,
     PromotionPointer,
     ScoreboardEntry,
     TrainingEvent,
@@ -124,9 +127,22 @@ def test_training_event_round_trips_with_metrics_and_refuses_unknown_model_types
         TrainingEvent.model_validate({**model_dict(event), "model_type": "XGBOOST"})
 
 
-def test_promotion_pointer_round_trips_with_its_scoreboard() -> None:
-    entry = ScoreboardEntry(model_type=ModelType.LSTM, run_id="r1", rmse=0.1, mae=0.05, mse=0.01, score=0.067)
-    pointer = PromotionPointer(
+def scoreboard_entry() -> ScoreboardEntry:
+    return ScoreboardEntry(
+        model_type=ModelType.LSTM,
+        run_id="r1",
+        score=0.067,
+        val_rmse=0.1,
+        val_mae=0.05,
+        val_mse=0.01,
+        test_rmse=0.12,
+        test_mae=0.06,
+        test_mse=0.0144,
+    )
+
+
+def pointer() -> PromotionPointer:
+    return PromotionPointer(
         identifier="PobleSec",
         config_hash=HASH,
         run_id="r1",
@@ -138,13 +154,88 @@ def test_promotion_pointer_round_trips_with_its_scoreboard() -> None:
         mse=0.01,
         score=0.067,
         weights={"rmse": 0.5, "mae": 0.3, "mse": 0.2},
-        scoreboard=[entry],
+        scoreboard=[scoreboard_entry()],
         timestamp=datetime(2026, 11, 30, 12, 0, tzinfo=UTC),
     )
 
-    back = PromotionPointer.model_validate_json(to_json_bytes(pointer))
-    assert back == pointer
+
+def test_promotion_pointer_round_trips_with_its_scoreboard() -> None:
+    original = pointer()
+    back = PromotionPointer.model_validate_json(to_json_bytes(original))
+    assert back == original
     assert back.scoreboard[0].model_type is ModelType.LSTM
+    assert (back.scoreboard[0].val_rmse, back.scoreboard[0].test_rmse) == (0.1, 0.12)
+
+
+def check(name: str, value: float | None, baseline: float | None) -> GateCheck:
+    passed = value is not None and baseline is not None and value < baseline
+    return GateCheck(
+        name=name, model_type=ModelType.LSTM, run_id="r1", value=value, baseline=baseline, passed=passed
+    )
+
+
+def test_refusal_decision_round_trips_with_its_checks_and_scoreboard() -> None:
+    refusal = PromotionDecision(
+        identifier="PobleSec",
+        config_hash=HASH,
+        decision=DecisionOutcome.REFUSED,
+        reason="no candidate beats persistence on validation: LSTM run r1: val_rmse_up 2 not below 1",
+        checks=[
+            check("val_rmse_down", 0.5, 1.0),
+            check("val_rmse_up", 2.0, 1.0),
+            check("val_rmse", None, 0.1),
+        ],
+        scoreboard=[scoreboard_entry()],
+        weights={"rmse": 0.5, "mae": 0.3, "mse": 0.2},
+        timestamp=datetime(2026, 11, 30, 12, 0, tzinfo=UTC),
+    )
+
+    wire = json.loads(to_json_bytes(refusal))
+    back = PromotionDecision.model_validate(wire)
+
+    assert back == refusal
+    assert wire["decision"] == "refused" and wire["run_id"] is None and wire["pointer"] is None
+    assert [c["passed"] for c in wire["checks"]] == [True, False, False]
+    assert {"name", "model_type", "run_id", "value", "baseline", "passed"} == set(wire["checks"][0])
+    assert wire["scoreboard"][0]["val_rmse"] == 0.1 and wire["scoreboard"][0]["test_rmse"] == 0.12
+
+
+def test_promotion_decision_round_trips_with_the_pointer_of_its_winner() -> None:
+    promoted = PromotionDecision(
+        identifier="PobleSec",
+        config_hash=HASH,
+        decision=DecisionOutcome.PROMOTED,
+        model_type=ModelType.LSTM,
+        run_id="r1",
+        reason="LSTM run r1 has the best validation score",
+        checks=[check("val_rmse", 0.1, 0.2)],
+        pointer=pointer(),
+    )
+    back = PromotionDecision.model_validate_json(to_json_bytes(promoted))
+    assert back == promoted and back.promoted
+    assert back.pointer is not None and back.pointer.run_id == "r1"
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"decision": "promoted"},  # a promotion without its winner
+        {"decision": "promoted", "model_type": "LSTM", "run_id": "other"},  # winner is not the pointer's
+        {"run_id": "r1"},  # a refusal naming a winner
+        {"decision": "maybe"},
+    ],
+)
+def test_decision_refuses_a_winner_that_does_not_match_the_outcome(changes: dict[str, object]) -> None:
+    base: dict[str, object] = {
+        "identifier": "PobleSec",
+        "config_hash": HASH,
+        "decision": "refused",
+        "reason": "no candidate",
+    }
+    if changes.get("run_id") == "other":
+        base["pointer"] = model_dict(pointer())
+    with pytest.raises(ValidationError):
+        PromotionDecision.model_validate({**base, **changes})
 
 
 def test_dead_letter_names_the_dlq_topic_and_keeps_the_payload_text() -> None:

@@ -1,4 +1,4 @@
-"""shared.model_runtime.forecasting: same numbers as the training feature path, recursion, Prophet."""
+"""shared.model_runtime.forecasting: same numbers as the training feature path, recursion, batching."""
 
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ import torch
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler, time_features
 from shared.model_runtime.forecasting import (
     RecurrentForecast,
-    TimestampForecast,
     forecast_recurrent,
-    future_timestamps,
     time_feature_array,
 )
 from shared.model_runtime.networks import ModelSpec, build_model
@@ -130,28 +128,6 @@ def test_scaler_over_other_columns_is_refused() -> None:
         forecast_recurrent(
             _model(), wrong, timestamps, kpis, 1, step=STEP, input_seq_len=10, output_seq_len=1
         )
-
-
-class _LinearInTime:
-    """A timestamp forecaster whose answer depends only on the timestamps it is given."""
-
-    def __init__(self) -> None:
-        self.seen: pd.DatetimeIndex | None = None
-
-    def predict(self, timestamps: pd.DatetimeIndex) -> np.ndarray:
-        self.seen = timestamps
-        minutes = (timestamps.asi8 // 60_000_000_000 % 1000).astype(float)
-        return np.repeat(minutes[:, None] / 1000.0, len(KPI_COLUMNS), axis=1)
-
-
-def test_timestamp_forecaster_gets_the_future_timestamps_and_answers_in_original_units() -> None:
-    timestamps, kpis, scaler = _window(10)
-    forecaster = _LinearInTime()
-    got = TimestampForecast(forecaster, scaler, 10, STEP).predict(timestamps, kpis, 4)
-    expected_ts = future_timestamps(timestamps[-1], STEP, 4)
-    assert forecaster.seen is not None
-    np.testing.assert_array_equal(forecaster.seen.to_numpy(), expected_ts)
-    np.testing.assert_allclose(got, scaler.inverse_array(forecaster.predict(pd.DatetimeIndex(expected_ts))))
 
 
 def test_a_batch_of_windows_gives_each_window_its_own_forecast() -> None:

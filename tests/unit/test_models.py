@@ -1,4 +1,4 @@
-"""GRU/LSTM forecasters: shapes, the persistence start, and the pickle-free save/load."""
+"""GRU/LSTM forecasters: shapes, the persistence start, the per-KPI units, and the pickle-free save/load."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 
 from shared.model_runtime.networks import (
     SPEC_FILE,
+    VOLATILITY_FLOOR,
     WEIGHTS_FILE,
     ModelSpec,
     RecurrentNetwork,
@@ -49,16 +50,58 @@ def test_model_uses_the_requested_recurrent_cell() -> None:
     assert isinstance(build_model(ModelSpec(model_type="LSTM", hidden_size=4)).rnn, torch.nn.LSTM)
 
 
-def test_a_zero_head_predicts_persistence_of_the_last_observed_kpis() -> None:
-    model = build_model(ModelSpec(model_type="GRU", hidden_size=8, output_seq_len=2))
-    torch.nn.init.zeros_(model.head.weight)
-    torch.nn.init.zeros_(model.head.bias)
+def normalised(model: RecurrentNetwork, seed: int = 0) -> RecurrentNetwork:
+    """`model` with arbitrary (non-identity) normalisation buffers, as training would set them."""
+    generator = torch.Generator().manual_seed(seed)
+    n_features, n_targets = model.spec.n_features, model.spec.n_targets
+    model.set_normalisation(
+        torch.rand(n_features, generator=generator),
+        0.1 + torch.rand(n_features, generator=generator),
+        0.001 + 0.01 * torch.rand(n_targets, generator=generator),
+    )
+    return model
+
+
+@pytest.mark.parametrize("model_type", ["GRU", "LSTM"])
+def test_an_untrained_network_forecasts_persistence_of_the_last_observed_kpis(model_type: str) -> None:
+    torch.manual_seed(0)
+    model = normalised(build_model(ModelSpec(model_type=model_type, hidden_size=8, output_seq_len=2)))
     x = torch.rand(4, 10, 17)
 
     y = model(x)
 
-    expected = x[:, -1:, :11].expand(-1, 2, -1)
-    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(y, x[:, -1:, :11].expand(-1, 2, -1))
+
+
+def test_the_forecast_change_is_in_units_of_each_kpis_change_scale() -> None:
+    model = build_model(ModelSpec(model_type="GRU", hidden_size=4))
+    change_scale = torch.linspace(1e-4, 1e-1, 11)
+    model.set_normalisation(torch.zeros(17), torch.ones(17), change_scale)
+    with torch.no_grad():
+        model.head.bias.fill_(1.0)  # one unit of change, times the window's volatility
+    flat = torch.full((1, 10, 17), 0.5)  # no change in the window: volatility is its floor
+
+    change = model(flat)[0, 0] - 0.5
+
+    torch.testing.assert_close(change, VOLATILITY_FLOOR * change_scale)
+
+
+def test_a_level_far_outside_the_training_range_reads_as_the_clamp() -> None:
+    torch.manual_seed(3)
+    model = build_model(ModelSpec(model_type="GRU", hidden_size=8, input_clip=5.0))
+    with torch.no_grad():
+        model.head.weight.normal_()
+    high = torch.full((1, 10, 17), 0.5)
+    higher = high.clone()
+    high[..., 1], higher[..., 1] = 10.0, 1e6  # both beyond centre 0 + 5 scales: the clamp
+
+    torch.testing.assert_close(model.change(high), model.change(higher))
+
+
+def test_normalisation_must_have_positive_scales() -> None:
+    model = build_model(ModelSpec(model_type="GRU", hidden_size=4))
+    with pytest.raises(ValueError, match="positive"):
+        model.set_normalisation(torch.zeros(17), torch.ones(17), torch.zeros(11))
 
 
 @pytest.mark.parametrize(
@@ -77,7 +120,10 @@ def test_spec_refuses_unknown_types_and_more_targets_than_features(changes: dict
 def test_saved_model_reloads_with_identical_predictions(model_type: str, tmp_path: Path) -> None:
     torch.manual_seed(1)
     spec = ModelSpec(model_type=model_type, hidden_size=6, num_layers=2, dropout=0.1, output_seq_len=2)
-    model = build_model(spec).eval()
+    model = normalised(build_model(spec)).eval()
+    with torch.no_grad():  # trained-looking weights: the untrained network is plain persistence
+        model.head.weight.normal_()
+        model.ar_weight.normal_()
     x = torch.rand(3, 10, 17)
 
     save_model(model, tmp_path / model_type)
@@ -88,7 +134,10 @@ def test_saved_model_reloads_with_identical_predictions(model_type: str, tmp_pat
     assert isinstance(loaded, RecurrentNetwork)
     assert loaded.spec == spec
     assert not loaded.training, "a loaded model is ready for inference (dropout off)"
+    for name in ("input_centre", "input_scale", "change_scale"):
+        torch.testing.assert_close(getattr(loaded, name), getattr(model, name), rtol=0, atol=0)
     with torch.no_grad():
+        assert not torch.allclose(model(x), x[:, -1:, :11].expand(-1, 2, -1))
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 
 

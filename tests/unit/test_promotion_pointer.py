@@ -1,4 +1,4 @@
-"""The promotion pointer's contents and the object layout of the promotion bucket."""
+"""The promotion pointer's contents, decision records, and the object layout of the promotion bucket."""
 
 from __future__ import annotations
 
@@ -18,14 +18,18 @@ WEIGHTS = {"rmse": 0.5, "mae": 0.3, "mse": 0.2}
 def candidates() -> list[Candidate]:
     return [
         Candidate(
-            ModelType.GRU, "run-gru", "Default", 1_000, {"test_rmse": 0.2, "test_mae": 0.1, "test_mse": 0.04}
+            ModelType.GRU,
+            "run-gru",
+            "Default",
+            1_000,
+            {"val_rmse": 0.2, "val_mae": 0.1, "val_mse": 0.04, "test_rmse": 0.3, "test_mae": 0.2},
         ),
         Candidate(
             ModelType.PROPHET,
             "run-prophet",
             "NonML",
             2_000,
-            {"test_rmse": 0.4, "test_mae": 0.3, "test_mse": 0.16},
+            {"val_rmse": 0.4, "val_mae": 0.3, "val_mse": 0.16},
         ),
     ]
 
@@ -45,7 +49,7 @@ def pointer(**overrides: object) -> PromotionPointer:
     return build_pointer(**kwargs)  # type: ignore[arg-type]
 
 
-def test_pointer_names_the_winner_its_metrics_and_model_uri() -> None:
+def test_pointer_names_the_winner_its_validation_metrics_and_model_uri() -> None:
     p = pointer()
     assert p.identifier == "PobleSec"
     assert p.config_hash == CONFIG_HASH
@@ -57,6 +61,7 @@ def test_pointer_names_the_winner_its_metrics_and_model_uri() -> None:
     assert p.score == pytest.approx(0.5 * 0.2 + 0.3 * 0.1 + 0.2 * 0.04)
     assert p.weights == WEIGHTS
     assert [e.run_id for e in p.scoreboard] == ["run-gru", "run-prophet"]
+    assert (p.scoreboard[0].test_rmse, p.scoreboard[0].test_mae, p.scoreboard[0].test_mse) == (0.3, 0.2, None)
     assert p.missing_model_types == []
     assert p.note is None
 
@@ -127,6 +132,14 @@ def test_history_keys_sort_in_promotion_order() -> None:
     stamps = [start + timedelta(microseconds=n) for n in (0, 1, 10**6, 10**9)]
     keys = [promotion.history_key("x", CONFIG_HASH, s) for s in stamps]
     assert sorted(reversed(keys)) == keys
+
+
+def test_decision_keys_sit_beside_the_promotion_history_and_are_told_apart() -> None:
+    stamp = datetime(2026, 11, 30, 15, 4, 5, 123456, tzinfo=UTC)
+    key = promotion.decision_key("PobleSec", CONFIG_HASH, stamp)
+    assert key == f"PobleSec/{CONFIG_HASH}/decision-20261130T150405123456Z.json"
+    assert promotion.is_decision_key(key) and not promotion.is_history_key(key)
+    assert not promotion.is_decision_key(promotion.history_key("PobleSec", CONFIG_HASH, stamp))
 
 
 def test_pending_state_round_trips_through_json() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pandas as pd
 import pytest
 
 from inference_container.openapi import example_columns
@@ -16,9 +17,19 @@ from inference_container.validation import (
     parse_json,
     parse_predict_request,
 )
-from shared.data import KPI_COLUMNS
+from shared.data import KPI_COLUMNS, MinMaxScaler
+from shared.model_runtime.ranges import KpiRanges
 
-LIMITS = Limits(input_seq_len=10, step=np.timedelta64(120, "s"), max_rows=50, max_inference_length=24)
+# The served model's train-fit scaler, here fitted on the example window itself.
+SCALER = MinMaxScaler.fit(pd.DataFrame(example_columns()))
+RANGES = KpiRanges.from_scaler(SCALER)
+LIMITS = Limits(
+    input_seq_len=10,
+    step=np.timedelta64(120, "s"),
+    max_rows=50,
+    max_inference_length=24,
+    ranges=RANGES,
+)
 
 
 def _body(**changes: Any) -> dict[str, Any]:
@@ -176,3 +187,63 @@ def test_malformed_json_is_a_400_that_says_why(raw: bytes, message: str) -> None
 
 def test_valid_json_round_trips() -> None:
     assert parse_json(orjson.dumps(_body()))["inference_length"] == 1
+
+
+def _ceiling(name: str) -> float:
+    return float(RANGES.high[KPI_COLUMNS.index(name)])
+
+
+def test_the_plausible_range_is_zero_to_the_train_maximum_plus_ten_train_ranges() -> None:
+    for name in KPI_COLUMNS:
+        values = example_columns()[name]
+        assert _ceiling(name) == pytest.approx(max(values) + 10 * (max(values) - min(values)), rel=1e-12)
+    assert (RANGES.low == 0.0).all()
+
+
+def test_negative_traffic_is_refused_naming_the_column_the_row_and_the_range() -> None:
+    error = _reject(_kpi_set("down", 3, -5.0))
+    assert error.status == 422
+    assert "column 'down' row 3: -5 is outside the plausible range [0, " in error.message
+    assert f"{_ceiling('down'):.6g}]" in error.message
+
+
+def test_a_magnitude_far_beyond_the_training_data_is_refused_naming_column_row_and_range() -> None:
+    error = _reject(_kpi_set("up", 7, 1e30))
+    assert error.status == 422
+    expected = f"column 'up' row 7: 1e+30 is outside the plausible range [0, {_ceiling('up'):.6g}]"
+    assert expected in error.message
+
+
+def test_every_offending_column_is_named_with_its_first_offending_row() -> None:
+    body = _kpi_set("rnti_count", 2, -1)
+    body["data"]["rnti_count"][6] = -2
+    body["data"]["rb_up_var"][4] = 1e12
+    error = _reject(body)
+    assert "column 'rnti_count' row 2: -1 " in error.message
+    assert "row 6" not in error.message
+    assert "column 'rb_up_var' row 4: 1e+12 " in error.message
+    assert "'down'" not in error.message
+
+
+def test_zero_everywhere_and_values_at_the_ceiling_are_accepted() -> None:
+    zeros = _body()
+    for name in KPI_COLUMNS:
+        zeros["data"][name] = [0] * 9 + [-0.0]
+    assert (parse_predict_request(zeros, LIMITS).kpis == 0).all()
+    at_ceiling = _body()
+    for name in KPI_COLUMNS:
+        at_ceiling["data"][name][5] = _ceiling(name)
+    parsed = parse_predict_request(at_ceiling, LIMITS)
+    np.testing.assert_array_equal(parsed.kpis[5], RANGES.high)
+
+
+def test_just_above_the_ceiling_is_refused() -> None:
+    error = _reject(_kpi_set("mcs_down", 0, float(np.nextafter(_ceiling("mcs_down"), np.inf))))
+    assert "column 'mcs_down' row 0" in error.message
+
+
+def test_a_window_in_the_range_but_below_the_train_minimum_is_accepted() -> None:
+    # Quiet hours lie below anything in a busy training window; only the physical floor is firm.
+    body = _body()
+    body["data"]["mcs_down"] = [0.5] * 10
+    assert parse_predict_request(body, LIMITS).kpis[:, KPI_COLUMNS.index("mcs_down")].max() == 0.5

@@ -47,6 +47,7 @@ def test_valid_environment_loads_with_documented_defaults(env: pytest.MonkeyPatc
     assert "test-secret-value" not in repr(settings), "secrets never appear in logs or reprs"
     assert settings.KAFKA_SESSION_TIMEOUT_MS == 10000
     assert settings.TOPIC_TRAINING_DATA == "training-data"
+    assert settings.TOPIC_PROMOTION_DECISIONS == "promotion-decisions"
     assert settings.BUCKET_PROCESSED == "processed-data"
 
 

@@ -1,4 +1,5 @@
-"""Recurrent training: output shapes, learning, early stopping, stop flag, divergence, safe saving."""
+"""Recurrent training: shapes, learning every KPI, the validation cut, early stopping, stop flag,
+divergence, safe saving; and the trainer service around it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,8 +22,8 @@ from pydantic import ValidationError
 from flts_cli.stack import free_port
 from nonml_container.settings import ProphetSettings
 from nonml_container.trainer import ProphetTrainer
-from shared.accuracy import evaluation_rows, rmse
-from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, MinMaxScaler, time_features
+from shared.accuracy import evaluation_rows, per_column_rmse, rmse
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, MinMaxScaler, time_features, validation_start
 from shared.events import DataClaim, TrainingEvent, TrainingStatus
 from shared.kafka import MessageContext, PoisonMessage, TransientError
 from shared.mlflow_utils import mlflow_unreachable
@@ -32,8 +34,12 @@ from shared.trainer_service import TrainerService, validate_frame
 from train_container.settings import RecurrentHyperparameters, TrainSettings
 from train_container.trainer import RecurrentTrainer
 from train_container.training import (
+    NotEnoughData,
     TrainingDiverged,
     TrainingStopped,
+    TrainResult,
+    fit_normalisation,
+    frame_arrays,
     model_spec,
     one_step_predictions,
     train_recurrent,
@@ -65,6 +71,12 @@ def hyperparameters(model_type: str, **fields: object) -> RecurrentHyperparamete
     return RecurrentHyperparameters.model_validate({**SMALL, "MODEL_TYPE": model_type, **fields})
 
 
+def train(frame: pd.DataFrame, config: RecurrentHyperparameters, **options: Any) -> TrainResult:
+    """train_recurrent with the service's validation period (the last 15 % of the rows)."""
+    cut = validation_start(len(frame), 0.15, config.OUTPUT_SEQ_LEN)
+    return train_recurrent(frame, config, validation_start=cut, device=torch.device("cpu"), **options)
+
+
 @pytest.mark.parametrize("model_type", ["GRU", "LSTM"])
 @pytest.mark.parametrize("output_len", [1, 3])
 def test_model_output_has_horizon_by_kpi_shape(model_type: str, output_len: int) -> None:
@@ -76,30 +88,88 @@ def test_model_output_has_horizon_by_kpi_shape(model_type: str, output_len: int)
 
 def test_training_learns_beyond_its_first_epoch_and_restores_the_best_epoch() -> None:
     config = hyperparameters("GRU", EPOCHS=6, PATIENCE=6)
-    result = train_recurrent(synthetic_frame(600), config, device=torch.device("cpu"))
+    result = train(synthetic_frame(600), config)
     assert len(result.history) == 6
-    val = [h.val_loss for h in result.history]
-    assert min(val) < val[0]
-    assert result.best_epoch == int(np.argmin(val)) + 1
-    assert result.best_val_loss == pytest.approx(min(val))
+    skill = [h.val_skill for h in result.history]
+    assert min(skill) < skill[0]
+    assert result.best_epoch == int(np.argmin(skill)) + 1
+    assert result.best_val_skill == pytest.approx(min(skill))
+    assert result.best_val_loss == pytest.approx(result.history[result.best_epoch - 1].val_loss)
 
 
 def test_trained_model_scores_the_contract_rows_and_stays_near_persistence() -> None:
     config = hyperparameters("LSTM", EPOCHS=4)
-    result = train_recurrent(synthetic_frame(600), config, device=torch.device("cpu"))
+    result = train(synthetic_frame(600), config)
     test = synthetic_frame(120, seed=1, start="2018-02-06 00:00")
     predictions = one_step_predictions(result.model, test)
     actual, baseline = evaluation_rows(test[list(KPI_COLUMNS)].to_numpy(), 10)
     assert predictions.shape == actual.shape == (110, len(KPI_COLUMNS))
     assert np.all(np.isfinite(predictions))
-    # the residual head starts at persistence; a few epochs must not wander far from it
+    # the network starts at persistence; a few epochs must not wander far from it
     assert rmse(predictions, actual) < 2 * rmse(baseline, actual)
+
+
+def burst_frame(rows: int) -> pd.DataFrame:
+    """Every KPI white noise around a level, so the level forecasts the next row better than the
+    last row does (persistence is beatable); `up` has one burst of 1000x in its first rows, and
+    the MinMax scaler fitted over them squeezes the rest of `up` into 0.1 % of its range."""
+    rng = np.random.default_rng(5)
+    index = pd.date_range("2018-02-05", periods=rows, freq=STEP, name="time")
+    kpis = 5.0 + rng.standard_normal((rows, len(KPI_COLUMNS)))
+    kpis[200, KPI_COLUMNS.index("up")] = 5e3
+    raw = pd.DataFrame(kpis, index=index, columns=list(KPI_COLUMNS))
+    scaled = MinMaxScaler.fit(raw.iloc[:1500]).transform(raw)
+    return pd.concat([scaled, time_features(index).set_axis(index)], axis=1)[list(FEATURE_COLUMNS)]
+
+
+def persistence_ratios(result: TrainResult, frame: pd.DataFrame) -> np.ndarray:
+    """Per-KPI RMSE of the model over persistence's, one step ahead on `frame`'s rows 10..N-1."""
+    predictions = one_step_predictions(result.model, frame)
+    actual, baseline = evaluation_rows(frame[list(KPI_COLUMNS)].to_numpy(), 10)
+    return np.asarray(per_column_rmse(predictions, actual) / per_column_rmse(baseline, actual))
+
+
+def test_a_burst_in_one_kpis_training_rows_does_not_stop_the_model_learning_that_kpi() -> None:
+    frame = burst_frame(1800)
+    train_split, later = frame.iloc[:1500], frame.iloc[1490:]  # `later`: rows never trained on
+    up = KPI_COLUMNS.index("up")
+    config = hyperparameters("GRU", EPOCHS=8, PATIENCE=8)
+
+    robust = persistence_ratios(train(train_split, config), later)
+    minmax = persistence_ratios(train(train_split, config.model_copy(update={"SCALING": "minmax"})), later)
+
+    # The best forecast (the level) has sqrt(1/2) of persistence's RMSE on white noise.
+    assert robust[up] < 0.92, robust
+    assert np.all(robust < 0.92), robust
+    # Without the per-KPI normalisation the burst leaves `up` no better than persistence.
+    assert minmax[up] > 0.97, minmax
+
+
+def test_training_is_blind_to_the_validation_rows_and_early_stopping_sees_only_them() -> None:
+    frame = synthetic_frame(500)
+    cut = 400
+    changed = frame.copy()
+    changed.iloc[cut:, : len(KPI_COLUMNS)] += 0.05  # only rows from the validation start on
+    config = hyperparameters("GRU", EPOCHS=3, PATIENCE=3)
+
+    runs = [
+        train_recurrent(data, config, validation_start=cut, device=torch.device("cpu"))
+        for data in (frame, changed)
+    ]
+
+    for before, after in zip(runs[0].history, runs[1].history, strict=True):
+        assert before.train_loss == after.train_loss  # the same fit, weights and normalisation
+        assert before.val_loss != after.val_loss  # judged on the changed rows
+    touched_before_cut = frame.copy()
+    touched_before_cut.iloc[cut - 1, : len(KPI_COLUMNS)] += 0.05
+    moved = train_recurrent(touched_before_cut, config, validation_start=cut, device=torch.device("cpu"))
+    assert moved.history[0].train_loss != runs[0].history[0].train_loss
 
 
 def test_early_stopping_ends_training_after_patience_epochs_without_improvement() -> None:
     # A learning rate of ~0 cannot improve after the first epoch, so patience 2 stops at epoch 3.
     config = hyperparameters("GRU", EPOCHS=20, PATIENCE=2, LEARNING_RATE=1e-12)
-    result = train_recurrent(synthetic_frame(400), config, device=torch.device("cpu"))
+    result = train(synthetic_frame(400), config)
     assert len(result.history) <= 4
     assert result.stop_reason.startswith("early stop")
 
@@ -108,29 +178,57 @@ def test_stop_flag_interrupts_training() -> None:
     stop = threading.Event()
     stop.set()
     with pytest.raises(TrainingStopped):
-        train_recurrent(synthetic_frame(400), hyperparameters("GRU"), stop=stop)
+        train(synthetic_frame(400), hyperparameters("GRU"), stop=stop)
 
 
 def test_exploding_validation_loss_is_reported_as_divergence() -> None:
     config = hyperparameters("GRU", EPOCHS=5)
     with pytest.raises(TrainingDiverged, match="exploded"):
-        train_recurrent(synthetic_frame(400), config, device=torch.device("cpu"), divergence_factor=1e-9)
+        train(synthetic_frame(400), config, divergence_factor=1e-9)
+
+
+def test_a_validation_start_without_room_for_windows_on_both_sides_is_refused() -> None:
+    for cut in (5, 400):
+        with pytest.raises(NotEnoughData):
+            train_recurrent(synthetic_frame(400), hyperparameters("GRU"), validation_start=cut)
+
+
+def test_normalisation_is_fitted_on_the_training_rows_only() -> None:
+    frame = synthetic_frame(400)
+    features, _ = frame_arrays(frame)
+    centre, scale, change = fit_normalisation(features[:300], len(KPI_COLUMNS), "robust")
+    kpis = features[:300, : len(KPI_COLUMNS)]
+    np.testing.assert_allclose(centre[: len(KPI_COLUMNS)], np.median(kpis, axis=0), rtol=1e-5)
+    q75, q25 = np.percentile(kpis, [75, 25], axis=0)
+    np.testing.assert_allclose(scale[: len(KPI_COLUMNS)], q75 - q25, rtol=1e-5)
+    np.testing.assert_allclose(change, np.median(np.abs(np.diff(kpis, axis=0)), axis=0), rtol=1e-5)
+    # time features pass as they are; minmax scaling is the identity
+    assert torch.all(centre[len(KPI_COLUMNS) :] == 0) and torch.all(scale[len(KPI_COLUMNS) :] == 1)
+    identity = fit_normalisation(features[:300], len(KPI_COLUMNS), "minmax")
+    assert all(torch.all(t == v) for t, v in zip(identity, (0, 1, 1), strict=True))
+
+
+def test_a_constant_kpi_gets_finite_positive_scales() -> None:
+    features, _ = frame_arrays(synthetic_frame(200))
+    features[:, 3] = 0.25
+    _, scale, change = fit_normalisation(features, len(KPI_COLUMNS), "robust")
+    assert scale[3] == 1.0 and change[3] == 1.0
 
 
 def test_one_cycle_schedule_warms_up_then_anneals_the_learning_rate_to_almost_zero() -> None:
     config = hyperparameters("LSTM", EPOCHS=6, PATIENCE=6, LR_SCHEDULE="onecycle", LEARNING_RATE=1e-2)
-    result = train_recurrent(synthetic_frame(600), config, device=torch.device("cpu"))
+    result = train(synthetic_frame(600), config)
     rates = [h.learning_rate for h in result.history]
     assert len(rates) == 6
     assert max(rates) <= 1e-2 * (1 + 1e-9)
     assert rates[0] < max(rates)  # still warming up after the first epoch
     assert rates[-1] < 1e-2 * 1e-2  # annealed to under 1 % of the peak by the last planned epoch
-    assert min(h.val_loss for h in result.history) < result.history[0].val_loss
+    assert min(h.val_skill for h in result.history) < result.history[0].val_skill
 
 
-def test_default_depth_is_one_gru_layer_or_two_lstm_layers_unless_asked() -> None:
+def test_default_depth_is_one_layer_for_either_cell_unless_asked() -> None:
     assert RecurrentHyperparameters(MODEL_TYPE="GRU").NUM_LAYERS == 1
-    assert RecurrentHyperparameters(MODEL_TYPE="LSTM").NUM_LAYERS == 2
+    assert RecurrentHyperparameters(MODEL_TYPE="LSTM").NUM_LAYERS == 1
     assert model_spec(RecurrentHyperparameters(MODEL_TYPE="LSTM", NUM_LAYERS=3)).num_layers == 3
 
 
@@ -141,7 +239,7 @@ def test_an_unknown_learning_rate_schedule_is_refused() -> None:
 
 def test_saved_model_reloads_with_weights_only_and_predicts_the_same(tmp_path: Path) -> None:
     config = hyperparameters("GRU", EPOCHS=1)
-    result = train_recurrent(synthetic_frame(300), config, device=torch.device("cpu"))
+    result = train(synthetic_frame(300), config)
     test = synthetic_frame(40, seed=2)
     save_model(result.model, tmp_path / "GRU")
     reloaded = load_model(tmp_path / "GRU")
@@ -249,15 +347,16 @@ def test_mlflow_params_keep_their_names() -> None:
         "num_layers",
         "dropout",
         "patience",
-        "validation_fraction",
         "seed",
         "max_train_seconds",
+        "scaling",
+        "input_clip",
         "loss",
         "huber_delta",
         "grad_clip",
         "lr_schedule",
     }
-    assert RecurrentTrainer(settings).params()["num_layers"] == 1  # the depth trained, not the 0 asked
+    assert RecurrentTrainer(settings).params()["num_layers"] == 1
     prophet = ProphetTrainer(ProphetSettings.model_validate(connection()))
     assert prophet.params() == {
         "prophet_n_changepoints": 10,

@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 
 from shared.accuracy import evaluation_rows
-from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, make_windows
-from train_container.settings import RecurrentHyperparameters
+from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, make_windows, validation_start
 from train_container.training import NotEnoughData, frame_arrays, split_windows
 
 
@@ -37,13 +36,24 @@ def test_every_target_row_comes_strictly_after_its_input_rows() -> None:
     np.testing.assert_array_equal(np.diff(x[:, :, 0], axis=1), 1.0)
 
 
+@pytest.mark.parametrize("output_len", [1, 3])
+def test_training_windows_predict_only_rows_before_the_validation_start(output_len: int) -> None:
+    features, targets = frame_arrays(row_numbered_frame(200))
+    cut = validation_start(200, 0.2, output_len)
+    (train_x, train_y), (val_x, val_y) = split_windows(features, targets, cut, 10, output_len)
+    assert train_y[:, :, 0].max() == cut - 1
+    assert train_x[:, :, 0].max() < cut
+    # every validation target row lies in [cut, N), and each of those rows is a first target once
+    assert val_y[:, :, 0].min() == cut and val_y[:, :, 0].max() == 199
+    np.testing.assert_array_equal(val_y[:, 0, 0], np.arange(cut, 200 - output_len + 1))
+    # the validation windows still see a full input window before their target, reaching back
+    assert val_x.shape[1] == 10 and val_x[0, -1, 0] == cut - 1 and val_x[0, 0, 0] == cut - 10
+
+
 def test_validation_tail_targets_never_overlap_training_targets() -> None:
     features, targets = frame_arrays(row_numbered_frame(200))
-    config = RecurrentHyperparameters(
-        MODEL_TYPE="GRU", INPUT_SEQ_LEN=10, OUTPUT_SEQ_LEN=1, VALIDATION_FRACTION=0.2
-    )
-    (train_x, train_y), (val_x, val_y) = split_windows(features, targets, config)
     cut = 200 - 40
+    (train_x, train_y), (val_x, val_y) = split_windows(features, targets, cut, 10, 1)
     assert train_y[:, :, 0].max() < cut
     assert val_y[:, :, 0].min() == cut
     assert val_y[:, :, 0].max() == 199
@@ -52,10 +62,11 @@ def test_validation_tail_targets_never_overlap_training_targets() -> None:
     assert len(train_x) == cut - 10 and len(val_x) == 40
 
 
-def test_split_refuses_a_series_too_short_for_windows() -> None:
-    features, targets = frame_arrays(row_numbered_frame(12))
+@pytest.mark.parametrize(("rows", "cut"), [(12, 10), (40, 5), (40, 40), (40, 0)])
+def test_split_refuses_a_cut_that_leaves_no_training_or_no_validation_window(rows: int, cut: int) -> None:
+    features, targets = frame_arrays(row_numbered_frame(rows))
     with pytest.raises(NotEnoughData):
-        split_windows(features, targets, RecurrentHyperparameters(MODEL_TYPE="LSTM", INPUT_SEQ_LEN=10))
+        split_windows(features, targets, cut, 10, 1)
 
 
 def test_scoring_windows_and_scoring_rows_line_up() -> None:
