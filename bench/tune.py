@@ -84,6 +84,7 @@ CHANGES: tuple[dict[str, object], ...] = (
     {"LOSS": "mse"},
     {"LOSS": "mae"},
     {"INPUT_CLIP": 0.0},
+    {"INPUT_CLIP": 30.0},
     {"HIDDEN_SIZE": 32},
     {"LEARNING_RATE": 3e-3},
     {"EPOCHS": 10},
