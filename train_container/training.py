@@ -155,7 +155,7 @@ def fit_normalisation(
         centre[:n_targets] = q50
         scale[:n_targets] = _positive(q75 - q25, kpis.max(axis=0) - kpis.min(axis=0))
         steps = np.abs(np.diff(kpis, axis=0))
-        # The median, not the mean: LesCorts' `up` bursts alone make its mean |change| 14 times
+        # The median, not the mean: LesCorts' `up` bursts alone make its mean |change| 13 times
         # its median, which would again shrink the quiet majority of its rows into nothing.
         change = _positive(np.median(steps, axis=0), _positive(steps.mean(axis=0), scale[:n_targets]))
     return (

@@ -7,8 +7,9 @@ barely sees such a KPI, and an output error too small to move its loss is millio
 So the network carries its own per-KPI normalisation, in buffers fitted on the training rows and
 saved in the state dict (inference loads them with the weights and needs nothing else):
 
-- inputs are centred and scaled per KPI (training median and interquartile range) and clamped,
-  so a burst cannot saturate the recurrent cell;
+- inputs are centred and scaled per KPI (training median and interquartile range), so a burst
+  does not set the scale of the rows around it; `input_clip` can clamp them as well (off by
+  default: bench/tune.py found no gain on the stations' data, docs/ACCURACY.md);
 - the forecast is the change over the last observed value, in units of the KPI's typical
   one-step change (training median of |change|) times the window's own volatility (its mean
   |change| in those units, plus a floor): a KPI that has turned quiet is forecast in small moves
@@ -54,7 +55,7 @@ class ModelSpec:
     n_features: int = len(FEATURE_COLUMNS)
     n_targets: int = len(KPI_COLUMNS)
     # Largest |normalised level or change| the network reads; 0 = no limit.
-    input_clip: float = 10.0
+    input_clip: float = 0.0
 
     def __post_init__(self) -> None:
         if self.model_type not in RECURRENT_TYPES:
