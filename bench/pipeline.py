@@ -4,7 +4,7 @@ Usage: .venv/bin/python bench/pipeline.py [--repeat N] [--dataset PobleSec] [-- 
 
 Each repetition runs the main job exactly as a user does (embedded stack, every service its own
 process, default training settings, a short 5 s swarm) and reads its report. Prints each run's
-stage timings, then the median trigger→live time over the repetitions. Bar: under 90 s.
+stage timings, then the median trigger→live time over the repetitions. Bar: under 45 s.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-BAR_S = 90.0
+BAR_S = 45.0
 
 
 def run_once(dataset: str, extra: list[str]) -> dict[str, Any]:
