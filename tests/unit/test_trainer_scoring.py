@@ -26,7 +26,6 @@ from shared.events import DataClaim, ModelType, TrainingEvent, TrainingStatus
 from shared.kafka import MessageContext, PoisonMessage
 from shared.processed import ProcessedMeta, SourceObjects, SplitRows
 from shared.settings.trainer import ParamValue, TrainerSettings
-from shared.storage import ObjectNotFound
 from shared.trainer_service import (
     EpochRecord,
     FitOutcome,
@@ -36,6 +35,7 @@ from shared.trainer_service import (
     forecast_rows,
     score_forecast,
 )
+from tests.helpers.memory_store import MemoryStore
 
 N_KPI = len(KPI_COLUMNS)
 STEP64 = np.timedelta64(120, "s")
@@ -283,19 +283,6 @@ class FakeMlflow:
 
     def set_tag(self, run_id: str, key: str, value: str) -> None:
         self.runs[run_id].data.tags[key] = value
-
-
-class MemoryStore:
-    def __init__(self, objects: dict[str, bytes]) -> None:
-        self.objects = objects
-
-    def get_bytes(self, bucket: str, key: str) -> bytes:
-        if key not in self.objects:
-            raise ObjectNotFound(bucket, key)
-        return self.objects[key]
-
-    def get_json(self, bucket: str, key: str) -> object:
-        return json.loads(self.get_bytes(bucket, key))
 
 
 class RecordingProducer:

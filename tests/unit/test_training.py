@@ -29,8 +29,8 @@ from shared.kafka import MessageContext, PoisonMessage, TransientError
 from shared.mlflow_utils import mlflow_unreachable
 from shared.model_runtime.networks import build_model, load_model, save_model
 from shared.processed import ProcessedMeta, SourceObjects, SplitRows
-from shared.storage import ObjectNotFound
 from shared.trainer_service import TrainerService, validate_frame
+from tests.helpers.memory_store import MemoryStore
 from train_container.settings import RecurrentHyperparameters, TrainSettings
 from train_container.trainer import RecurrentTrainer
 from train_container.training import (
@@ -374,21 +374,6 @@ def test_mlflow_params_keep_their_names() -> None:
         "prophet_fit_resample_minutes": 10,
         "prophet_workers": 1,
     }
-
-
-class MemoryStore:
-    """Stands in for ObjectStore: objects by key, missing ones raise ObjectNotFound."""
-
-    def __init__(self, objects: dict[str, bytes]) -> None:
-        self.objects = objects
-
-    def get_bytes(self, bucket: str, key: str) -> bytes:
-        if key not in self.objects:
-            raise ObjectNotFound(bucket, key)
-        return self.objects[key]
-
-    def get_json(self, bucket: str, key: str) -> object:
-        return json.loads(self.get_bytes(bucket, key))
 
 
 def parquet(frame: pd.DataFrame) -> bytes:
