@@ -3,19 +3,22 @@ and its POST /predict fast path against a plain FastAPI route doing the same wor
 
 One run, one machine, loopback:
 1. start the embedded stack (broker, S3, MLflow) on free ports;
-2. log one GRU run the way the trainer does (`GRU/`, `scaler/`, `preprocess/`) and, into the same
-   run, an MLflow pyfunc model wrapping the same weights and the same forecasting code
-   (shared.model_runtime.forecasting), so both servers do the same work per request: parse a window of 10
-   real rows, scale, add time features, one forward pass, unscale;
+2. log one GRU run the way the trainer does (the MLflow model at `GRU/`: weights, scaler and
+   preprocess config inside, shared.model_runtime.pyfunc around the runtime), promote it and
+   register it as `flts-<identifier>@champion`, so both servers load the same artifact and do the
+   same work per request: check a window of 10 real rows, scale, add time features, one forward
+   pass, unscale;
 3. serve it with `python -m inference_container` (WORKERS processes on one socket) after a
    promotion pointer, twice at once: PREDICT_FAST_PATH on (POST /predict answered from raw ASGI
-   messages) and off (the FastAPI route); and with `mlflow models serve --env-manager local`;
+   messages) and off (the FastAPI route); and the registered champion itself with
+   `mlflow models serve -m models:/flts-<identifier>@champion --env-manager local`;
 4. check the servers answer the same numbers for the same window, then drive each with the same
    load: wrk if installed (else Locust FastHttpUser), CONNECTIONS connections, DURATION seconds,
    sliding windows from data/PobleSec_test.csv. The two flts variants take turns, ROUNDS times;
    their figures are the medians over the rounds (failures: the sum);
-5. print RPS, p50, p99, failures and server CPU per request for each; the last two lines hold the
-   fast path's ratios and this service's against mlflow serve.
+5. print RPS, p50, p99, failures and server CPU per request (user + system CPU of the server's
+   process group over the run, divided by its requests) for each; the last two lines hold the
+   fast path's ratios and this service's against mlflow serve, CPU per request included.
 
     .venv/bin/python bench/inference.py [--duration 30] [--connections 20] [--workers 2] [--rounds 3]
 """
@@ -38,11 +41,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-import torch
-from mlflow.pyfunc.model import PythonModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -54,58 +54,6 @@ from shared.model_runtime.networks import ModelSpec
 WINDOW = 10
 BODIES = 200
 Result = dict[str, Any]
-
-
-class WindowForecaster(PythonModel):
-    """The same model behind MLflow's scoring server: rows (ts + 11 KPIs) in, forecast out."""
-
-    def load_context(self, context: Any) -> None:
-        import numpy as np
-        import torch
-
-        from shared.data import MinMaxScaler
-        from shared.model_runtime.forecasting import RecurrentForecast
-        from shared.model_runtime.networks import load_model
-
-        torch.set_num_threads(1)
-        model = load_model(Path(context.artifacts["model_dir"]))
-        scaler = MinMaxScaler.from_dict(json.loads(Path(context.artifacts["scaler"]).read_text()))
-        spec = model.spec
-        self.forecast = RecurrentForecast(
-            model, scaler, spec.input_seq_len, spec.output_seq_len, np.timedelta64(120, "s")
-        )
-
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
-        import numpy as np
-        import pandas as pd
-
-        from shared.data import KPI_COLUMNS
-
-        timestamps = pd.to_datetime(model_input["ts"]).to_numpy()
-        kpis = model_input[list(KPI_COLUMNS)].to_numpy(dtype=np.float64)
-        horizon = int((params or {}).get("inference_length", 1))
-        values = self.forecast.predict(timestamps, kpis, horizon)
-        return pd.DataFrame(values, columns=list(KPI_COLUMNS))
-
-
-def log_models(stack: StackConfig, workdir: Path, identifier: str) -> support.BenchRun:
-    """One run holding the trainer's layout and a pyfunc of the same weights."""
-    run = support.log_trainer_run(stack, workdir, identifier=identifier, spec=ModelSpec("GRU"))
-    mlflow.set_tracking_uri(stack.mlflow_url)
-    with mlflow.start_run(run_id=run.run_id):
-        mlflow.pyfunc.log_model(
-            name="pyfunc",
-            python_model=WindowForecaster(),
-            artifacts={
-                "model_dir": str(run.artifacts / "GRU"),
-                "scaler": str(run.artifacts / "scaler" / "scaler.json"),
-            },
-            # Pinned: resolving requirements by inference costs seconds and is not what we measure.
-            pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}"],
-        )
-    return run
 
 
 def windows(count: int) -> list[pd.DataFrame]:
@@ -123,10 +71,10 @@ def flts_body(window: pd.DataFrame) -> bytes:
 
 def mlflow_body(window: pd.DataFrame) -> bytes:
     rows = [
-        [t.strftime("%Y-%m-%d %H:%M:%S"), *(float(v) for v in values)]
+        [t.strftime("%Y-%m-%dT%H:%M:%S"), *(float(v) for v in values)]
         for t, values in zip(window["time"], window[list(KPI_COLUMNS)].to_numpy(), strict=True)
     ]
-    split = {"columns": ["ts", *KPI_COLUMNS], "data": rows}
+    split = {"columns": ["time", *KPI_COLUMNS], "data": rows}
     return json.dumps({"dataframe_split": split, "params": {"inference_length": 1}}).encode()
 
 
@@ -277,7 +225,7 @@ def describe(name: str, result: Result) -> str:
 def summary(result: Result) -> str:
     return (
         f"rps={result['rps']:.0f} p50={result['p50'] * 1000:.1f}ms p99={result['p99'] * 1000:.1f}ms "
-        f"failures={result['failures']}"
+        f"failures={result['failures']} cpu/request={result['cpu_ms_per_request']:.2f}ms"
     )
 
 
@@ -329,8 +277,11 @@ def main() -> int:
     local.start()
     try:
         identifier = f"bench-{os.getpid()}"
-        run = log_models(stack, workdir / "artifacts", identifier)
+        run = support.log_trainer_run(
+            stack, workdir / "artifacts", identifier=identifier, spec=ModelSpec("GRU")
+        )
         support.promote(stack, run, identifier)
+        champion = support.register_champion(stack, run, identifier)
         sample = windows(BODIES)
         flts_bodies = [flts_body(w) for w in sample]
         env = {**os.environ, **stack.service_env(), "PYTHONPATH": str(support.REPO)}
@@ -388,7 +339,7 @@ def main() -> int:
                 "models",
                 "serve",
                 "-m",
-                f"runs:/{run.run_id}/pyfunc",
+                champion,
                 "--env-manager",
                 "local",
                 "-h",

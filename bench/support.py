@@ -1,7 +1,8 @@
 """What the benchmarks share (bench/inference.py, bench/soak.py), none of it from tests/:
 
-- a GRU run logged to MLflow in the trainer's layout (`GRU/`, `scaler/`, `preprocess/`);
-- its promotion, built and written by the evaluator's own code (shared.scoring, shared.promotion);
+- a GRU run logged to MLflow as the trainer logs it (the MLflow model at `GRU/`);
+- its promotion, built and written by the evaluator's own code (shared.scoring, shared.promotion),
+  and its registration as the `champion` of `flts-<identifier>`, as the evaluator registers it;
 - a server process in its own session, stopped with its children; HTTP probes.
 """
 
@@ -32,8 +33,9 @@ from shared.events import ModelType, PromotionPointer, utcnow
 from shared.kafka import EventProducer
 from shared.mlflow_utils import ensure_experiment
 from shared.model_runtime.networks import ModelSpec, build_model, save_model
+from shared.model_runtime.pyfunc import save_mlflow_model, window_frame
 from shared.promotion import write_current_pointers
-from shared.scoring import DEFAULT_WEIGHTS, Candidate, build_pointer, rank
+from shared.scoring import DEFAULT_WEIGHTS, Candidate, build_pointer, model_uri, rank
 from shared.storage import ObjectStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,21 +72,23 @@ def log_trainer_run(
         "step_seconds": 120,
     }
     type_name = spec.model_type
-    save_model(model, root / type_name)
-    for name, content in (
-        ("scaler/scaler.json", scaler.to_dict()),
-        ("preprocess/preprocess_config.json", meta),
-    ):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(json.dumps(content))
+    test = pd.read_csv(DATA / "PobleSec_test.csv", parse_dates=["time"]).iloc[: spec.input_seq_len]
+    save_mlflow_model(
+        root / type_name,
+        model_type=type_name,
+        input_seq_len=spec.input_seq_len,
+        save_model=lambda directory: save_model(model, directory),
+        scaler=scaler,
+        meta=meta,
+        input_example=window_frame(test["time"].to_numpy(), test[list(KPI_COLUMNS)].to_numpy()),
+    )
     client = MlflowClient(stack.mlflow_url)
     tags = {"config_hash": config_hash, "model_type": type_name, "identifier": identifier}
     run_id = client.create_run(
         ensure_experiment(client, "Default"), run_name=type_name, tags=tags
     ).info.run_id
     client.log_param(run_id, "input_sequence_length", spec.input_seq_len)
-    for sub in (type_name, "scaler", "preprocess"):
-        client.log_artifacts(run_id, str(root / sub), sub)
+    client.log_artifacts(run_id, str(root / type_name), type_name)
     client.set_terminated(run_id)
     return BenchRun(run_id, config_hash, ModelType(type_name), root)
 
@@ -119,6 +123,18 @@ def promote(
     if producer is not None:
         producer.publish(PROMOTION_TOPIC, identifier, pointer)
     return pointer
+
+
+def register_champion(stack: StackConfig, run: BenchRun, identifier: str) -> str:
+    """Register `run`'s model as the evaluator does (a version whose source is `runs:/<id>/<TYPE>`,
+    aliased `champion`); returns the `models:/` URI of the alias."""
+    client = MlflowClient(stack.mlflow_url)
+    name = f"flts-{identifier}"
+    client.create_registered_model(name)
+    source = model_uri(run.run_id, run.model_type)
+    version = client.create_model_version(name, source=source, run_id=run.run_id)
+    client.set_registered_model_alias(name, "champion", version.version)
+    return f"models:/{name}@champion"
 
 
 def http_json(url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, Any]:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from preprocess_container.preprocessing import assemble, clean_split, fit_scaler, read_raw_csv  # noqa: E402
 from shared.data import KPI_COLUMNS, STEP, MinMaxScaler, validation_start  # noqa: E402
-from shared.model_runtime.forecasting import RecurrentForecast  # noqa: E402
+from shared.model_runtime.recurrent import RecurrentForecast  # noqa: E402
 from shared.settings.trainer import TrainerSettings  # noqa: E402
 from train_container.settings import RecurrentHyperparameters  # noqa: E402
 from train_container.training import train_recurrent  # noqa: E402

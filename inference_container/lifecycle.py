@@ -16,7 +16,6 @@ MODEL_RELOAD_BACKOFF_S, doubling per failure, never above MODEL_RELOAD_MAX_BACKO
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -37,8 +36,8 @@ from mlflow.tracking import MlflowClient
 
 from inference_container.settings import InferenceSettings
 from inference_container.telemetry import ServiceMetrics
-from shared.data import KPI_COLUMNS, STEP, MinMaxScaler
-from shared.events import ModelType, PromotionPointer
+from shared.data import KPI_COLUMNS
+from shared.events import PromotionPointer
 from shared.kafka import (
     EventProducer,
     PoisonMessage,
@@ -48,8 +47,8 @@ from shared.kafka import (
     make_consumer,
     send_to_dlq,
 )
-from shared.model_runtime.forecasting import Forecast, RecurrentForecast
-from shared.model_runtime.networks import load_model
+from shared.model_runtime.forecasting import Forecast
+from shared.model_runtime.pyfunc import load_window_model
 from shared.model_runtime.ranges import KpiRanges
 from shared.promotion import current_key
 from shared.retry import Backoff, RetryStopped
@@ -114,56 +113,30 @@ def load_serving_model(
     client: MlflowClient,
     pointer: PromotionPointer,
     *,
-    fallback_input_seq_len: int,
     cache_dir: str | None = None,
 ) -> ServingModel:
-    """Download the pointer's model, scaler and preprocess config from MLflow and build them."""
+    """Download the pointer's MLflow model once and build it from the files inside it (weights or
+    Prophet JSON, scaler, preprocess config): the artifact `models:/...@champion` loads as well."""
     workdir = Path(tempfile.mkdtemp(prefix="flts-model-", dir=cache_dir))
     try:
         model_dir = Path(client.download_artifacts(pointer.run_id, artifact_path(pointer), str(workdir)))
-        scaler_file = Path(client.download_artifacts(pointer.run_id, "scaler/scaler.json", str(workdir)))
-        meta_file = Path(
-            client.download_artifacts(pointer.run_id, "preprocess/preprocess_config.json", str(workdir))
-        )
-        scaler = MinMaxScaler.from_dict(json.loads(scaler_file.read_text()))
-        meta = json.loads(meta_file.read_text())
-        step = np.timedelta64(int(meta.get("step_seconds", STEP.total_seconds())), "s")
-        forecast: Forecast
-        if pointer.model_type == ModelType.PROPHET:
-            # Imported here: Prophet is heavy and only needed when a Prophet model wins.
-            from shared.model_runtime.prophet import load_prophet_forecast
-
-            input_len = _run_input_seq_len(client, pointer.run_id, fallback_input_seq_len)
-            # Answers from the client's window, like the recurrent models, with numpy only.
-            forecast = load_prophet_forecast(model_dir, scaler, input_len, step)
-            output_len = 1
-        else:
-            model = load_model(model_dir)
-            input_len = model.spec.input_seq_len
-            output_len = model.spec.output_seq_len
-            forecast = RecurrentForecast(model, scaler, input_len, output_len, step)
-        _warm_up(forecast, input_len, step)
+        # Read directly rather than through mlflow.pyfunc: the request path calls the runtime's
+        # Forecast (batched predict_many), which the pyfunc wrapper would hide.
+        loaded = load_window_model(model_dir)
+        _warm_up(loaded.forecast, loaded.input_seq_len, loaded.step)
         return ServingModel(
             pointer=pointer,
-            forecast=forecast,
-            input_seq_len=input_len,
-            output_seq_len=output_len,
-            step=step,
+            forecast=loaded.forecast,
+            input_seq_len=loaded.input_seq_len,
+            output_seq_len=loaded.output_seq_len,
+            step=loaded.step,
             loaded_at=datetime.now(UTC),
-            ranges=KpiRanges.from_scaler(scaler),
-            meta=meta,
+            ranges=loaded.ranges,
+            meta=loaded.meta,
         )
     finally:
         # Everything is in memory now; the files are not needed again.
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _run_input_seq_len(client: MlflowClient, run_id: str, fallback: int) -> int:
-    params = client.get_run(run_id).data.params
-    try:
-        return int(params.get("input_sequence_length", fallback))
-    except ValueError:
-        return fallback
 
 
 def _warm_up(forecast: Forecast, input_len: int, step: np.timedelta64) -> None:
@@ -269,12 +242,7 @@ class ModelManager:
     # -- loader ----------------------------------------------------------------------------------
     def _load_from_mlflow(self, pointer: PromotionPointer) -> ServingModel:
         client = MlflowClient(tracking_uri=self.settings.MLFLOW_TRACKING_URI)
-        return load_serving_model(
-            client,
-            pointer,
-            fallback_input_seq_len=self.settings.INPUT_SEQ_LEN,
-            cache_dir=self.settings.MODEL_CACHE_DIR,
-        )
+        return load_serving_model(client, pointer, cache_dir=self.settings.MODEL_CACHE_DIR)
 
     def _load_loop(self) -> None:
         while not self._stop.is_set():

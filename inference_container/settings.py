@@ -22,9 +22,6 @@ class InferenceSettings(BaseServiceSettings):
         default=None,
         description="Follow only this identifier's promotions; unset follows the global pointer",
     )
-    INPUT_SEQ_LEN: int = Field(
-        default=10, ge=1, le=10_000, description="Fallback window length when a model does not say"
-    )
     MAX_INFERENCE_LENGTH: int = Field(default=720, ge=1, le=100_000, description="Largest forecast horizon")
     MAX_ROWS: int = Field(default=5000, ge=1, le=1_000_000, description="Most rows one request may carry")
     MAX_BODY_BYTES: int = Field(

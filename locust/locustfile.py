@@ -34,7 +34,7 @@ from pathlib import Path
 from locust.contrib.fasthttp import FastHttpUser
 
 from locust import between, task
-from shared.data import KPI_COLUMNS
+from shared.columns import KPI_COLUMNS
 
 STEP = timedelta(minutes=2)
 HERE = Path(__file__).resolve().parent

@@ -10,30 +10,14 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-TIME_COLUMN = "time"
+# The column names live in shared.columns, which imports nothing: the load test uses them too
+# and its image carries neither numpy nor pandas. Re-exported here for the stages.
+from shared.columns import FEATURE_COLUMNS as FEATURE_COLUMNS
+from shared.columns import KPI_COLUMNS as KPI_COLUMNS
+from shared.columns import TIME_COLUMN as TIME_COLUMN
+from shared.columns import TIME_FEATURES as TIME_FEATURES
+
 STEP = pd.Timedelta(minutes=2)
-KPI_COLUMNS: tuple[str, ...] = (
-    "down",
-    "up",
-    "rnti_count",
-    "mcs_down",
-    "mcs_down_var",
-    "mcs_up",
-    "mcs_up_var",
-    "rb_down",
-    "rb_down_var",
-    "rb_up",
-    "rb_up_var",
-)
-TIME_FEATURES: tuple[str, ...] = (
-    "min_of_day_sin",
-    "min_of_day_cos",
-    "day_of_week_sin",
-    "day_of_week_cos",
-    "day_of_year_sin",
-    "day_of_year_cos",
-)
-FEATURE_COLUMNS: tuple[str, ...] = KPI_COLUMNS + TIME_FEATURES
 
 _MINUTES_PER_DAY = 1440.0
 

@@ -28,13 +28,15 @@ def configure_mlflow_client(timeout_s: int = 20, max_retries: int = 1) -> None:
 
     MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) would hold one call for
     minutes; our own bounded retry decides when to give up. Telemetry tries to reach the
-    internet and, with no route out, holds every process's exit for ~20 s. These are MLflow's
+    internet and, with no route out, holds every process's exit for ~20 s. Artifact progress
+    bars are terminal output that would land between the JSON log lines. These are MLflow's
     own variables, set once at start-up unless the deployment already chose values.
     """
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(max_retries))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.telemetry.client import set_telemetry_client
 
     # mlflow set its telemetry client up when it was imported; this re-reads the variable.

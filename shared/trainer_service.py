@@ -28,7 +28,6 @@ ShutdownRequested: nothing is committed and the claim is trained again after res
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import tempfile
@@ -37,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -68,15 +67,13 @@ from shared.mlflow_utils import (
     mlflow_unreachable,
     wait_for_mlflow,
 )
+from shared.model_runtime.forecasting import Forecast
+from shared.model_runtime.pyfunc import save_mlflow_model, window_frame
 from shared.plots import plot_forecast, plot_loss_curve
 from shared.processed import InvalidMeta, ProcessedMeta, load_meta
 from shared.retry import Backoff, RetryBudgetExhausted, RetryStopped, retry_call
 from shared.settings.trainer import ParamValue, TrainerSettings
 from shared.storage import ObjectNotFound, ObjectStore
-
-if TYPE_CHECKING:
-    # Only named in annotations: the module imports torch, which the service itself never needs.
-    from shared.model_runtime.forecasting import Forecast
 
 log = logging.getLogger(__name__)
 
@@ -594,11 +591,24 @@ class TrainerService:
         test_rows: ScoredRows,
     ) -> None:
         type_name = self.model_type.value
-        outcome.save_model(root / type_name)
-        (root / "scaler").mkdir()
-        (root / "scaler" / "scaler.json").write_text(_json(data.meta.scaler.to_dict()))
-        (root / "preprocess").mkdir()
-        (root / "preprocess" / "preprocess_config.json").write_text(_json(data.meta.model_dump(mode="json")))
+        started = time.monotonic()
+        input_len = outcome.forecast.input_seq_len
+        train = Series.from_scaled(data.train.iloc[-input_len:], data.meta.scaler)
+        # The one copy of the model in the run: an MLflow model whose artifacts carry the scaler and
+        # the preprocess config, so `runs:/<id>/<TYPE>` and the registry's versions load on their own.
+        save_mlflow_model(
+            root / type_name,
+            model_type=type_name,
+            input_seq_len=input_len,
+            save_model=outcome.save_model,
+            scaler=data.meta.scaler,
+            meta=data.meta.model_dump(mode="json"),
+            input_example=window_frame(train.timestamps, train.kpis),
+        )
+        log.info(
+            "MLflow model written",
+            extra={"model_type": type_name, "seconds": round(time.monotonic() - started, 3)},
+        )
         plot_forecast(
             pd.DatetimeIndex(test_rows.timestamps),
             test_rows.actual,
@@ -639,11 +649,16 @@ class TrainerService:
                 params=[Param(k, str(v)) for k, v in outcome.extra_params.items()],
                 tags=[RunTag("trained_on", str(outcome.extra_params.get("device", "")))],
             )
+        started = time.monotonic()
         self.mlflow_call("log_artifacts", self.client.log_artifacts, run_id, str(root))
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, default=str)
+        log.info(
+            "run artifacts uploaded",
+            extra={
+                "run_id": run_id,
+                "files": sum(1 for f in root.rglob("*") if f.is_file()),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+        )
 
 
 def run_trainer(settings: TrainerSettings, trainer: ModelTrainer, service: str, stop: threading.Event) -> int:

@@ -13,8 +13,8 @@ import torch
 
 from shared.data import MinMaxScaler
 from shared.events import ModelType
-from shared.model_runtime.forecasting import RecurrentForecast
 from shared.model_runtime.networks import save_model
+from shared.model_runtime.recurrent import RecurrentForecast
 from shared.settings.trainer import ParamValue
 from shared.trainer_service import EpochRecord, FitFailed, FitOutcome, FitStopped
 from train_container.settings import TrainSettings

@@ -4,7 +4,6 @@ MLflow server, pointers written to the promotion bucket, real windows from the t
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler, time_feature
 from shared.events import ModelType, PromotionPointer
 from shared.mlflow_utils import ensure_experiment
 from shared.model_runtime.networks import ModelSpec, RecurrentNetwork, build_model, save_model
+from shared.model_runtime.pyfunc import save_mlflow_model, window_frame
 from shared.storage import ObjectStore
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -47,6 +47,11 @@ def window_body(frame: pd.DataFrame, start: int, rows: int = 10, inference_lengt
     return {"data": data, "inference_length": inference_length}
 
 
+def window_frame_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a split (time index, KPI columns) as the MLflow model's input: `time` and the KPIs."""
+    return window_frame(frame.index.to_numpy(dtype="datetime64[ns]"), frame[list(KPI_COLUMNS)].to_numpy())
+
+
 def direct_prediction(logged: LoggedModel, frame: pd.DataFrame) -> np.ndarray:
     """The training-time path on one window: scaler, pandas time features, one forward pass."""
     scaled = logged.scaler.transform(frame[list(KPI_COLUMNS)])
@@ -65,7 +70,8 @@ def log_model_run(
     model_type: str = "GRU",
     seed: int = 0,
 ) -> LoggedModel:
-    """A real MLflow run with the trainer's artifact layout: <TYPE>/, scaler/, preprocess/."""
+    """A real MLflow run with the trainer's layout: the MLflow model at <TYPE>/ (weights, scaler and
+    preprocess config inside it)."""
     torch.manual_seed(seed)
     model = build_model(ModelSpec(model_type, hidden_size=16, input_seq_len=10, output_seq_len=1)).eval()
     train = pd.read_csv(DATA_DIR / "PobleSec.csv", usecols=list(KPI_COLUMNS))
@@ -82,11 +88,15 @@ def log_model_run(
         "step_seconds": 120,
     }
     root = tmp_path / f"artifacts-{seed}-{model_type}"
-    save_model(model, root / model_type)
-    (root / "scaler").mkdir(parents=True)
-    (root / "scaler" / "scaler.json").write_text(json.dumps(scaler.to_dict()))
-    (root / "preprocess").mkdir()
-    (root / "preprocess" / "preprocess_config.json").write_text(json.dumps(meta))
+    save_mlflow_model(
+        root / model_type,
+        model_type=model_type,
+        input_seq_len=10,
+        save_model=lambda directory: save_model(model, directory),
+        scaler=scaler,
+        meta=meta,
+        input_example=window_frame_of(load_test_split().iloc[:10]),
+    )
     client = MlflowClient(tracking_uri=stack.mlflow_url)
     experiment_id = ensure_experiment(client, "Default")
     run = client.create_run(
@@ -96,27 +106,44 @@ def log_model_run(
     )
     run_id = run.info.run_id
     client.log_param(run_id, "input_sequence_length", 10)
-    for sub in (model_type, "scaler", "preprocess"):
-        client.log_artifacts(run_id, str(root / sub), sub)
+    client.log_artifacts(run_id, str(root / model_type), model_type)
     client.set_terminated(run_id)
     return LoggedModel(run_id, model, scaler, config_hash, model_type)
 
 
 def make_pointer(logged: LoggedModel, identifier: str, age_s: float = 0.0) -> PromotionPointer:
+    return pointer_to(
+        identifier,
+        logged.run_id,
+        ModelType(logged.model_type),
+        config_hash=logged.config_hash,
+        timestamp=datetime.now(UTC) - timedelta(seconds=age_s),
+    )
+
+
+def pointer_to(
+    identifier: str,
+    run_id: str,
+    model_type: ModelType,
+    *,
+    config_hash: str = "0" * 64,
+    timestamp: datetime | None = None,
+) -> PromotionPointer:
+    """A promotion pointer to `run_id`'s model, with placeholder scores."""
     return PromotionPointer(
         identifier=identifier,
-        config_hash=logged.config_hash,
-        run_id=logged.run_id,
-        model_type=ModelType(logged.model_type),
-        experiment="Default",
-        model_uri=f"runs:/{logged.run_id}/{logged.model_type}",
+        config_hash=config_hash,
+        run_id=run_id,
+        model_type=model_type,
+        experiment="NonML" if model_type is ModelType.PROPHET else "Default",
+        model_uri=f"runs:/{run_id}/{model_type.value}",
         rmse=0.1,
         mae=0.05,
         mse=0.01,
         score=0.077,
         weights={"rmse": 0.5, "mae": 0.3, "mse": 0.2},
         scoreboard=[],
-        timestamp=datetime.now(UTC) - timedelta(seconds=age_s),
+        timestamp=timestamp or datetime.now(UTC),
     )
 
 

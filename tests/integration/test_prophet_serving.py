@@ -1,5 +1,5 @@
 """A promoted Prophet served by the inference API against the real stack: the Prophet trainer's
-model (fitted on PobleSec rows, logged to MLflow in the trainer's layout, its pointer in the
+model (fitted on PobleSec rows, logged to MLflow as the trainer logs it, its pointer in the
 promotion bucket) answers POST /predict from the client's window, with the runtime's numbers."""
 
 from __future__ import annotations
@@ -27,12 +27,20 @@ from nonml_container.settings import ProphetSettings
 from nonml_container.trainer import ProphetTrainer
 from preprocess_container.preprocessing import prepare_splits, read_raw_csv
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS
-from shared.events import ModelType, PromotionPointer
+from shared.events import ModelType
 from shared.mlflow_utils import ensure_experiment
 from shared.model_runtime.forecasting import Forecast
+from shared.model_runtime.pyfunc import save_mlflow_model
 from shared.storage import ObjectStore
 from tests.helpers.waiting import wait_until
-from tests.integration.test_inference_support import DATA_DIR, load_test_split, window_body, write_pointer
+from tests.integration.test_inference_support import (
+    DATA_DIR,
+    load_test_split,
+    pointer_to,
+    window_body,
+    window_frame_of,
+    write_pointer,
+)
 
 # prophet's own pandas calls warn about deprecations; nothing this project can change
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:prophet.*")
@@ -77,13 +85,15 @@ def log_prophet_run(stack: StackConfig, root: Path, identifier: str) -> LoggedPr
         "scaler": prepared.scaler.to_dict(),
         "step_seconds": 120,
     }
-    outcome.save_model(root / "PROPHET")
-    for name, content in (
-        ("scaler/scaler.json", prepared.scaler.to_dict()),
-        ("preprocess/preprocess_config.json", meta),
-    ):
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text(json.dumps(content))
+    save_mlflow_model(
+        root / "PROPHET",
+        model_type="PROPHET",
+        input_seq_len=INPUT_LEN,
+        save_model=outcome.save_model,
+        scaler=prepared.scaler,
+        meta=meta,
+        input_example=window_frame_of(load_test_split().iloc[:INPUT_LEN]),
+    )
     client = MlflowClient(tracking_uri=stack.mlflow_url)
     run = client.create_run(
         ensure_experiment(client, "NonML"),
@@ -92,8 +102,7 @@ def log_prophet_run(stack: StackConfig, root: Path, identifier: str) -> LoggedPr
     )
     run_id: str = run.info.run_id
     client.log_param(run_id, "input_sequence_length", INPUT_LEN)
-    for sub in ("PROPHET", "scaler", "preprocess"):
-        client.log_artifacts(run_id, str(root / sub), sub)
+    client.log_artifacts(run_id, str(root / "PROPHET"), "PROPHET")
     client.set_terminated(run_id)
     return LoggedProphet(run_id, config_hash, outcome.forecast)
 
@@ -112,20 +121,7 @@ def logged(stack: StackConfig, tmp_path_factory: pytest.TempPathFactory, identif
 def client(
     stack: StackConfig, object_store: ObjectStore, logged: LoggedProphet, identifier: str
 ) -> Iterator[TestClient]:
-    pointer = PromotionPointer(
-        identifier=identifier,
-        config_hash=logged.config_hash,
-        run_id=logged.run_id,
-        model_type=ModelType.PROPHET,
-        experiment="NonML",
-        model_uri=f"runs:/{logged.run_id}/PROPHET",
-        rmse=0.1,
-        mae=0.05,
-        mse=0.01,
-        score=0.077,
-        weights={"rmse": 0.5, "mae": 0.3, "mse": 0.2},
-        scoreboard=[],
-    )
+    pointer = pointer_to(identifier, logged.run_id, ModelType.PROPHET, config_hash=logged.config_hash)
     write_pointer(object_store, pointer)
     env: dict[str, Any] = {
         **stack.service_env(),

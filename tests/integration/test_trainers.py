@@ -300,18 +300,24 @@ def test_claim_trains_gru_lstm_prophet_with_runs_and_events(
                 assert run.data.metrics[key] == pytest.approx(metrics[key]), (model_type, key)
             artifacts = _artifact_paths(client, success.run_id)
             for expected in (
-                "scaler/scaler.json",
-                "preprocess/preprocess_config.json",
+                f"{model_type}/MLmodel",
+                f"{model_type}/artifacts/scaler.json",
+                f"{model_type}/artifacts/preprocess_config.json",
                 "plots/forecast_down_up.png",
                 "plots/loss_curve.png",
             ):
                 assert expected in artifacts, (model_type, expected, artifacts)
-            model_files = {a for a in artifacts if a.startswith(f"{model_type}/")}
+            # One copy of the model, scaler and config: the MLflow model's.
+            assert {a.split("/", 1)[0] for a in artifacts} == {model_type, "plots"}, artifacts
+            model_files = {a for a in artifacts if a.startswith(f"{model_type}/artifacts/model/")}
             if model_type == "PROPHET":
-                assert f"{model_type}/prophet_spec.json" in model_files
-                assert f"{model_type}/down.json" in model_files
+                assert f"{model_type}/artifacts/model/prophet_spec.json" in model_files
+                assert f"{model_type}/artifacts/model/down.json" in model_files
             else:
-                assert model_files == {f"{model_type}/model_spec.json", f"{model_type}/state_dict.pt"}
+                assert model_files == {
+                    f"{model_type}/artifacts/model/model_spec.json",
+                    f"{model_type}/artifacts/model/state_dict.pt",
+                }
                 losses = client.get_metric_history(success.run_id, "val_loss")
                 assert sorted(m.step for m in losses) == [1, 2]
         # every model was scored on the same rows: the persistence numbers agree exactly

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers.repo_files import files_git_would_commit
 from tests.k8s.manifests import REPO_ROOT
 
-# Image name (in the manifests) → Dockerfile, for every image this repository builds.
+SERVICE_DOCKERFILE = REPO_ROOT / "Dockerfile"
+MLFLOW_DOCKERFILE = REPO_ROOT / ".kubernetes" / "images" / "mlflow" / "Dockerfile"
+SERVICE_IMAGES = ("preprocess", "train", "nonml", "eval", "inference", "locust")
+# Image name (in the manifests) → Dockerfile, for every image this repository builds. The six
+# service images are targets (stages named like the image) of one Dockerfile.
 DOCKERFILES = {
-    "preprocess": REPO_ROOT / "preprocess_container" / "Dockerfile",
-    "train": REPO_ROOT / "train_container" / "Dockerfile",
-    "nonml": REPO_ROOT / "nonml_container" / "Dockerfile",
-    "eval": REPO_ROOT / "eval_container" / "Dockerfile",
-    "inference": REPO_ROOT / "inference_container" / "Dockerfile",
-    "locust": REPO_ROOT / "locust" / "Dockerfile",
-    "mlflow": REPO_ROOT / ".kubernetes" / "images" / "mlflow" / "Dockerfile",
+    **{image: SERVICE_DOCKERFILE for image in SERVICE_IMAGES},
+    "mlflow": MLFLOW_DOCKERFILE,
 }
 
 
@@ -51,7 +51,9 @@ def dockerfiles() -> list[Path]:
     """Every Dockerfile git would commit."""
     listed = files_git_would_commit()
     found = sorted(REPO_ROOT / line for line in listed if line.rsplit("/", 1)[-1] == "Dockerfile")
-    assert sorted(DOCKERFILES.values()) == found, "a Dockerfile is missing from DOCKERFILES or not on disk"
+    assert sorted(set(DOCKERFILES.values())) == found, (
+        "a Dockerfile is missing from DOCKERFILES or not on disk"
+    )
     return found
 
 
@@ -75,14 +77,46 @@ def parse_dockerfile(path: Path) -> list[Instruction]:
     return instructions
 
 
+def global_args(path: Path) -> dict[str, str]:
+    """The ARGs declared before the first FROM, with their defaults: what FROM lines may use."""
+    found: dict[str, str] = {}
+    for instruction in parse_dockerfile(path):
+        if instruction.keyword == "FROM":
+            break
+        if instruction.keyword == "ARG":
+            name, _, default = instruction.arguments.partition("=")
+            found[name] = default.strip('"')
+    return found
+
+
 def stages(path: Path) -> list[Stage]:
+    """The build stages, with `${ARG}` in FROM lines replaced by the ARG's default."""
+    defaults = global_args(path)
     result: list[Stage] = []
     for instruction in parse_dockerfile(path):
         if instruction.keyword == "FROM":
-            parts = instruction.arguments.split()
+            parts = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], instruction.arguments).split()
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
             result.append(Stage(parts[0], name))
-        else:
-            assert result, f"{path}: {instruction} before FROM"
+        elif result:
             result[-1].instructions.append(instruction)
     return result
+
+
+def image_stages(image: str) -> list[Stage]:
+    """The stages whose layers make up `image`, from the one on an external base to its target
+    (the image's name in the service Dockerfile, the last stage elsewhere)."""
+    built = stages(DOCKERFILES[image])
+    by_name = {stage.name: stage for stage in built if stage.name}
+    stage = by_name[image] if DOCKERFILES[image] == SERVICE_DOCKERFILE else built[-1]
+    chain = [stage]
+    while stage.base in by_name:
+        stage = by_name[stage.base]
+        chain.append(stage)
+    return chain[::-1]
+
+
+def final_stage(image: str) -> Stage:
+    """The image's own layers as one stage: its chain of stages merged, on the external base."""
+    chain = image_stages(image)
+    return Stage(chain[0].base, chain[-1].name, [i for stage in chain for i in stage.instructions])

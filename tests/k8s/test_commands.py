@@ -13,7 +13,7 @@ import pytest
 
 from shared.events import dlq_topic
 from shared.settings.base import BaseServiceSettings
-from tests.k8s.dockerfiles import DOCKERFILES, stages
+from tests.k8s.dockerfiles import final_stage
 from tests.k8s.manifests import Resource, Workload, find
 
 
@@ -33,7 +33,7 @@ def test_mlflow_server_accepts_the_manifest_arguments(rendered: list[Resource]) 
     from mlflow.cli import server
 
     container = _container(rendered, "Deployment", "mlflow")
-    [entrypoint] = stages(DOCKERFILES["mlflow"])[-1].all("ENTRYPOINT")
+    [entrypoint] = final_stage("mlflow").all("ENTRYPOINT")
     assert entrypoint.exec_form() == ["mlflow", "server"]
     params = server.make_context("server", _expand(container["args"])).params
     assert params["host"] == "0.0.0.0"
@@ -73,7 +73,7 @@ print(json.dumps({k: getattr(o, k) for k in ("master", "worker", "web_port", "ma
 
 @pytest.mark.parametrize("name", ["locust-master", "locust-worker"])
 def test_locust_accepts_the_manifest_arguments(rendered: list[Resource], name: str) -> None:
-    [entrypoint] = stages(DOCKERFILES["locust"])[-1].all("ENTRYPOINT")
+    [entrypoint] = final_stage("locust").all("ENTRYPOINT")
     argv = entrypoint.exec_form()[1:] + _container(rendered, "Deployment", name)["args"]
     # Importing locust monkey-patches the whole process (gevent): parse in a child process.
     result = subprocess.run(

@@ -1,6 +1,7 @@
-"""Dockerfile rules (no Docker here): hadolint where installed, and the project's own rules,
-checked on every Dockerfile: multi-stage slim Python, CPU torch, locked installs, no caches or
-build tools in the final stage, a numeric non-root user, health checks that match the pods."""
+"""Dockerfile rules (no Docker needed): hadolint where installed, and the project's own rules,
+checked on every image: multi-stage slim Python, CPU torch only where a service imports it,
+locked installs of one dependency group per service, no caches or build tools in the final
+stage, a numeric non-root user, health checks that match the pods."""
 
 from __future__ import annotations
 
@@ -9,16 +10,49 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from tests.k8s.dockerfiles import DOCKERFILES, dockerfiles, parse_dockerfile, stages
+from tests.k8s.dockerfiles import (
+    DOCKERFILES,
+    SERVICE_DOCKERFILE,
+    SERVICE_IMAGES,
+    dockerfiles,
+    final_stage,
+    global_args,
+    image_stages,
+    parse_dockerfile,
+    stages,
+)
 from tests.k8s.manifests import REPO_ROOT, Resource, workloads
 
 SLIM_PYTHON = re.compile(r"^python:3\.11(\.\d+)?-slim(-[a-z]+)?$")
 BUILD_TOOLS = re.compile(r"\b(apt-get|apk|gcc|g\+\+|make|build-essential|pip3? install|curl|wget)\b")
-SERVICE_IMAGES = {"preprocess", "train", "nonml", "eval", "inference", "locust"}
+PACKAGES = {
+    "preprocess": "preprocess_container",
+    "train": "train_container",
+    "nonml": "nonml_container",
+    "eval": "eval_container",
+    "inference": "inference_container",
+}
+# Services whose code imports torch; every other image must not carry it.
+TORCH_IMAGES = {"train", "inference"}
+
+
+def _build_table() -> dict[str, tuple[str, str]]:
+    """image → (target, dependency group), as docker/images.sh builds them."""
+    text = (REPO_ROOT / "docker" / "images.sh").read_text()
+    block = text.split('services="', 1)[1].split('"', 1)[0]
+    rows = [line.split() for line in block.splitlines() if line.strip()]
+    return {image: (target, group) for image, target, group in rows}
+
+
+def _dependency_groups() -> dict[str, list[str]]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    groups: dict[str, list[str]] = project["optional-dependencies"]
+    return groups
 
 
 def _hadolint() -> str | None:
@@ -50,9 +84,10 @@ def test_build_is_multi_stage_on_slim_python_with_nothing_built_in_the_final_sta
     path = DOCKERFILES[image]
     built = stages(path)
     assert len(built) >= 2, f"{path} is single-stage"
+    named = {stage.name for stage in built}
     for stage in built:
-        assert SLIM_PYTHON.match(stage.base), f"{path}: base {stage.base} is not a slim Python 3.11"
-    final = built[-1]
+        assert stage.base in named or SLIM_PYTHON.match(stage.base), f"{path}: base {stage.base}"
+    final = final_stage(image)
     for run in final.all("RUN"):
         assert not BUILD_TOOLS.search(run.arguments), f"{path}: final stage runs {run.arguments!r}"
     copies = [c.arguments for c in final.all("COPY") if c.arguments.startswith("--from=")]
@@ -73,19 +108,33 @@ def test_pip_leaves_no_cache_and_installs_against_the_lock(image: str) -> None:
             )
 
 
-@pytest.mark.parametrize("image", sorted(SERVICE_IMAGES))
-def test_service_images_install_cpu_torch_before_the_project(image: str) -> None:
-    runs = [r.arguments for r in stages(DOCKERFILES[image])[0].all("RUN") if "pip install" in r.arguments]
-    torch = [i for i, r in enumerate(runs) if "torch==" in r]
-    project = [i for i, r in enumerate(runs) if re.search(r"requirements\.lock \.(\s|$)", r)]
-    assert torch and project and torch[0] < project[0], runs
-    assert "download.pytorch.org/whl/cpu" in runs[torch[0]] and "+cpu" in runs[torch[0]]
+def test_service_images_install_one_dependency_group_with_torch_from_the_cpu_source() -> None:
+    [build] = [stage for stage in stages(SERVICE_DOCKERFILE) if stage.name == "build"]
+    [install] = [r.arguments for r in build.all("RUN") if "pip install" in r.arguments]
+    assert '".[${EXTRA}]"' in install and "${TORCH_PIP_OPTIONS}" in install, install
+    [torch_source] = [a.arguments for a in build.all("ARG") if a.arguments.startswith("TORCH_PIP_OPTIONS=")]
+    assert "download.pytorch.org/whl/cpu" in torch_source
+    assert global_args(SERVICE_DOCKERFILE)["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+
+
+def test_every_service_image_is_built_from_its_target_with_its_own_group() -> None:
+    table = _build_table()
+    groups = _dependency_groups()
+    assert set(table) == set(SERVICE_IMAGES)
+    for image, (target, group) in table.items():
+        assert target == image and image_stages(image)[-1].name == image
+        assert group in groups, f"{image}: no dependency group {group} in pyproject.toml"
+        with_torch = any(r.startswith("torch==") for r in groups[group])
+        assert with_torch == (image in TORCH_IMAGES), f"{image}: torch in group {group} is {with_torch}"
+        assert not any(r.startswith(("mlflow==", "moto")) for r in groups[group]), (
+            f"{image}: a service is an MLflow client (mlflow-skinny), never the server or moto"
+        )
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_final_stage_runs_as_a_numeric_non_root_user(image: str) -> None:
     path = DOCKERFILES[image]
-    final = stages(path)[-1]
+    final = final_stage(image)
     users = final.all("USER")
     assert users, f"{path} runs as root"
     user, _, group = users[-1].arguments.partition(":")
@@ -102,14 +151,13 @@ def test_pods_run_as_the_image_user(rendered: list[Resource]) -> None:
             name, _, _ = container["image"].partition(":")
             if not name.startswith("flts/"):
                 continue
-            [user] = stages(DOCKERFILES[name.removeprefix("flts/")])[-1].all("USER")
+            [user] = final_stage(name.removeprefix("flts/")).all("USER")
             assert workload.pod_spec["securityContext"]["runAsUser"] == int(user.arguments.split(":")[0])
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_entrypoint_is_exec_form_and_runs_this_images_package(image: str) -> None:
-    path = DOCKERFILES[image]
-    [entrypoint] = stages(path)[-1].all("ENTRYPOINT")
+    [entrypoint] = final_stage(image).all("ENTRYPOINT")
     argv = entrypoint.exec_form()
     if image == "mlflow":
         assert argv == ["mlflow", "server"]
@@ -117,7 +165,7 @@ def test_entrypoint_is_exec_form_and_runs_this_images_package(image: str) -> Non
         assert argv[:2] == ["locust", "-f"]
         assert (REPO_ROOT / "locust" / Path(argv[2]).name).is_file(), f"{argv[2]} is not in locust/"
     else:
-        package = path.parent.name
+        package = PACKAGES[image]
         assert argv == ["python", "-m", package]
         assert (REPO_ROOT / package / "__main__.py").is_file(), f"{package}/__main__.py does not exist"
 
@@ -133,7 +181,7 @@ def _container_ports(rendered: list[Resource], image: str) -> set[int]:
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_exposed_ports_and_health_checks_match_the_pods(rendered: list[Resource], image: str) -> None:
-    final = stages(DOCKERFILES[image])[-1]
+    final = final_stage(image)
     exposed = {int(p.split("/")[0]) for e in final.all("EXPOSE") for p in e.arguments.split()}
     assert exposed == _container_ports(rendered, image)
     [healthcheck] = final.all("HEALTHCHECK")

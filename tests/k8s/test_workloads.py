@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tests.k8s.dockerfiles import DOCKERFILES, image_stages
 from tests.k8s.manifests import (
     LONG_RUNNING_KINDS,
-    REPO_ROOT,
     Resource,
     Workload,
     find,
@@ -20,16 +20,6 @@ LABELS = (
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/managed-by",
 )
-# flts/<image> → the folder holding its Dockerfile.
-IMAGE_DIRS = {
-    "flts/preprocess": "preprocess_container",
-    "flts/train": "train_container",
-    "flts/nonml": "nonml_container",
-    "flts/eval": "eval_container",
-    "flts/inference": "inference_container",
-    "flts/locust": "locust",
-    "flts/mlflow": ".kubernetes/images/mlflow",
-}
 TRAINERS = ("train-gru", "train-lstm", "train-prophet")
 
 
@@ -165,7 +155,9 @@ def test_images_are_built_by_a_dockerfile_of_this_repository_or_pinned(
             name, _, tag = image.partition(":")
             assert tag and tag != "latest", f"{workload}: {image} is not pinned"
             if name.startswith("flts/"):
-                assert (REPO_ROOT / IMAGE_DIRS[name] / "Dockerfile").is_file(), image
+                dockerfile = DOCKERFILES[name.removeprefix("flts/")]
+                assert dockerfile.is_file(), image
+                image_stages(name.removeprefix("flts/"))
 
 
 def test_hpa_scales_the_inference_deployment_on_cpu(rendered: list[Resource]) -> None:

@@ -1,4 +1,4 @@
-"""shared.model_runtime.forecasting: same numbers as the training feature path, recursion, batching."""
+"""model_runtime.forecasting and .recurrent: the training feature path's numbers, recursion, batching."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import pytest
 import torch
 
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler, time_features
-from shared.model_runtime.forecasting import (
-    RecurrentForecast,
-    forecast_recurrent,
-    time_feature_array,
-)
+from shared.model_runtime.forecasting import time_feature_array
 from shared.model_runtime.networks import ModelSpec, build_model
 from shared.model_runtime.ranges import KpiRanges
+from shared.model_runtime.recurrent import RecurrentForecast, forecast_recurrent
 
 STEP = np.timedelta64(120, "s")
 

@@ -392,7 +392,14 @@ def test_a_claim_is_fitted_before_the_validation_period_and_every_family_reaches
     for key, value in metrics.items():
         assert run.data.metrics[key] == pytest.approx(value), key
     assert "plots/forecast_down_up.png" in client.artifacts[run.info.run_id]
-    assert "GRU/model.txt" in client.artifacts[run.info.run_id]
+    # the trainer's folder travels inside the MLflow model, with the scaler and the preprocess config
+    for name in (
+        "MLmodel",
+        "artifacts/model/model.txt",
+        "artifacts/scaler.json",
+        "artifacts/preprocess_config.json",
+    ):
+        assert f"GRU/{name}" in client.artifacts[run.info.run_id], name
 
 
 def test_a_redelivered_claim_republishes_every_score_family_but_no_training_curve() -> None:

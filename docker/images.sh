@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build every flts image: the six services (targets of ./Dockerfile, each with its own dependency
+# group) and the MLflow tracking server the manifests run. Makes the Docker engine and the base
+# image first when they are missing (docker/engine.sh). Prints each image's size and what it adds
+# over the base image.
+#
+#   IMAGE_TAG   tag of every image (default dev, the tag the manifests name)
+#   BASE_IMAGE  the Python base (default python:3.11-slim-bookworm)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TAG="${IMAGE_TAG:-dev}"
+BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim-bookworm}"
+export BASE_IMAGE
+
+bash docker/engine.sh
+
+# PyTorch's CPU wheel index is the default source of torch; where pip is configured with a local
+# folder that holds the CPU wheel (find-links), the build takes that wheel instead.
+torch_options=()
+find_links="${PIP_FIND_LINKS:-$(python3 -m pip config get global.find-links 2>/dev/null || true)}"
+wheel="$(ls "${find_links:-/nonexistent}"/torch-2.13.0+cpu-cp311-*.whl 2>/dev/null | head -1 || true)"
+if [ -n "$wheel" ]; then
+    [ -f "docker/wheels/$(basename "$wheel")" ] || cp "$wheel" docker/wheels/
+    torch_options=(--build-arg "TORCH_PIP_OPTIONS=--find-links /wheels")
+    echo "[images] torch from $wheel" >&2
+fi
+
+# image  target     dependency group
+services="
+preprocess preprocess preprocess
+train      train      trainer
+nonml      nonml      prophet-trainer
+eval       eval       evaluator
+inference  inference  inference
+locust     locust     locust
+"
+build() {
+    # The legacy builder is what Debian's docker.io offers; --network host lets pip reach the index.
+    DOCKER_BUILDKIT=0 docker build --network host --quiet --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@" >/dev/null
+}
+while read -r image target extra; do
+    [ -n "$image" ] || continue
+    echo "[images] flts/$image:$TAG (target $target, group $extra)" >&2
+    build --target "$target" --build-arg "EXTRA=$extra" "${torch_options[@]}" -t "flts/$image:$TAG" .
+done <<<"$services"
+echo "[images] flts/mlflow:$TAG" >&2
+build -f .kubernetes/images/mlflow/Dockerfile -t "flts/mlflow:$TAG" .
+
+base_size="$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE")"
+printf '%-22s %10s %14s\n' image "size MB" "over base MB"
+for image in preprocess train nonml eval inference locust mlflow; do
+    size="$(docker image inspect -f '{{.Size}}' "flts/$image:$TAG")"
+    printf '%-22s %10d %14d\n' "flts/$image:$TAG" $((size / 1000000)) $(((size - base_size) / 1000000))
+done
