@@ -231,8 +231,10 @@ def run_job(settings: PreprocessSettings, store: ObjectStore, producer: EventPro
 
     training, inference = _claims(settings, digest, rows, sizes)
     with timer.step("publish", **ctx):
-        producer.publish(settings.TOPIC_TRAINING_DATA, digest, training)
-        producer.publish(settings.TOPIC_INFERENCE_DATA, digest, inference)
+        # Keyed by station: with several trainer replicas, stations train in parallel while one
+        # station's claims stay in order on one partition.
+        producer.publish(settings.TOPIC_TRAINING_DATA, training.identifier, training)
+        producer.publish(settings.TOPIC_INFERENCE_DATA, inference.identifier, inference)
     timer.timings["total"] = round(time.perf_counter() - started, 4)
     log.info(
         "preprocess finished",

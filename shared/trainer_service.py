@@ -370,7 +370,8 @@ class TrainerService:
             metrics=metrics,
             error=error[:4000] if error else None,
         )
-        self.producer.publish(self.settings.TOPIC_MODEL_TRAINING, claim.config_hash, event)
+        # Keyed by station like the claim: a station's RUNNING/SUCCESS/FAILED stay in order.
+        self.producer.publish(self.settings.TOPIC_MODEL_TRAINING, claim.identifier, event)
         log.info(
             "training event published",
             extra={"status": status.value, "model_type": self.model_type.value, "run_id": run_id},

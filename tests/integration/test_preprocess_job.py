@@ -25,6 +25,7 @@ from shared.kafka import EventProducer
 from shared.processed import SplitRows, load_meta
 from shared.settings import load_settings
 from shared.storage import ObjectStore
+from tests.helpers.topics import read_topic as read_keyed_records
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = REPO_ROOT / "data"
@@ -132,6 +133,9 @@ def test_job_writes_the_processed_split_and_claims_point_at_it(
     assert claim.object == f"{claim.config_hash}/train.parquet"
     assert inference[0].config_hash == claim.config_hash
     assert inference[0].object == claim.test_object
+    # Keyed by station, so one station's claims stay in order while stations spread over partitions.
+    for topic in (names["TOPIC_TRAINING_DATA"], names["TOPIC_INFERENCE_DATA"]):
+        assert [key for key, _ in read_keyed_records(stack.kafka_bootstrap, topic)] == ["PobleSec"]
 
     for key, rows in ((claim.object, 15927), (claim.test_object, 3982)):
         assert object_store.exists(claim.bucket, key)
