@@ -32,7 +32,6 @@ import functools
 import json
 import math
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -99,51 +98,6 @@ def group_cpu_seconds(pgid: int) -> float:
 # -- load generators ----------------------------------------------------------------------------
 
 
-def _seconds(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
-    if not match:
-        raise ValueError(f"unknown wrk duration {text!r}")
-    value, unit = float(match.group(1)), match.group(2)
-    return value * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
-
-
-def _find(pattern: str, text: str) -> str:
-    match = re.search(pattern, text)
-    if match is None:
-        raise ValueError(f"no {pattern!r} in the wrk report: {text[-1000:]}")
-    return match.group(1)
-
-
-def run_wrk(
-    url: str, bodies: list[bytes], connections: int, duration: int, threads: int, workdir: Path
-) -> Result:
-    script = workdir / f"load-{abs(hash(url))}.lua"
-    entries = ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
-    script.write_text(
-        f"local bodies = {{\n{entries}\n}}\n"
-        "local n = #bodies\n"
-        "local i = 0\n"
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        "request = function()\n"
-        "  i = i % n + 1\n"
-        "  return wrk.format(nil, nil, nil, bodies[i])\n"
-        "end\n"
-    )
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    rps = float(_find(r"Requests/sec:\s+([\d.]+)", out))
-    p50 = _seconds(_find(r"\s50%\s+(\S+)", out))
-    p99 = _seconds(_find(r"\s99%\s+(\S+)", out))
-    total = int(_find(r"(\d+) requests in", out))
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    failures = int(non2xx.group(1)) if non2xx else 0
-    if socket_errors:
-        failures += sum(int(g) for g in socket_errors.groups())
-    return {"rps": rps, "p50": p50, "p99": p99, "failures": failures, "requests": total, "tool": "wrk"}
-
-
 def run_locust(url: str, bodies: list[bytes], connections: int, duration: int, workdir: Path) -> Result:
     """Fallback when wrk is absent: Locust FastHttpUser, one user per connection, no think time."""
     payloads = workdir / f"bodies-{abs(hash(url))}.json"
@@ -201,9 +155,9 @@ def drive(url: str, bodies: list[bytes], args: argparse.Namespace, workdir: Path
     use_wrk = args.load == "wrk" or (args.load == "auto" and shutil.which("wrk"))
     # A short warm-up first: connection set-up and first-call costs are not what we measure.
     if use_wrk:
-        run_wrk(url, bodies, args.connections, 3, args.threads, workdir)
+        support.run_wrk(url, bodies, args.connections, 3, args.threads, workdir)
         cpu_before = group_cpu_seconds(pgid)
-        result = run_wrk(url, bodies, args.connections, args.duration, args.threads, workdir)
+        result = support.run_wrk(url, bodies, args.connections, args.duration, args.threads, workdir)
     else:
         run_locust(url, bodies, args.connections, 3, workdir)
         cpu_before = group_cpu_seconds(pgid)

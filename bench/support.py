@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -191,3 +192,53 @@ def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+# -- load generator (wrk) ------------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not match:
+        raise ValueError(f"unknown wrk duration {text!r}")
+    value, unit = float(match.group(1)), match.group(2)
+    return value * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def _find(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise ValueError(f"no {pattern!r} in the wrk report: {text[-1000:]}")
+    return match.group(1)
+
+
+def run_wrk(
+    url: str, bodies: list[bytes], connections: int, duration: int, threads: int, workdir: Path
+) -> dict[str, Any]:
+    """`wrk` POSTing `bodies` round robin (so an interleaved list spreads requests evenly over what
+    the bodies name); rps, p50/p99 in seconds, failures (non-2xx and socket errors), requests."""
+    script = workdir / f"load-{abs(hash(url))}.lua"
+    entries = ",\n".join(f"[==[{b.decode()}]==]" for b in bodies)
+    script.write_text(
+        f"local bodies = {{\n{entries}\n}}\n"
+        "local n = #bodies\n"
+        "local i = 0\n"
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        "request = function()\n"
+        "  i = i % n + 1\n"
+        "  return wrk.format(nil, nil, nil, bodies[i])\n"
+        "end\n"
+    )
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rps = float(_find(r"Requests/sec:\s+([\d.]+)", out))
+    p50 = _seconds(_find(r"\s50%\s+(\S+)", out))
+    p99 = _seconds(_find(r"\s99%\s+(\S+)", out))
+    total = int(_find(r"(\d+) requests in", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failures = int(non2xx.group(1)) if non2xx else 0
+    if socket_errors:
+        failures += sum(int(g) for g in socket_errors.groups())
+    return {"rps": rps, "p50": p50, "p99": p99, "failures": failures, "requests": total, "tool": "wrk"}

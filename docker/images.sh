@@ -35,17 +35,41 @@ eval       eval       evaluator
 inference  inference  inference
 locust     locust     locust
 "
+logs="$(mktemp -d)"
 build() {
     # The legacy builder is what Debian's docker.io offers; --network host lets pip reach the index.
-    DOCKER_BUILDKIT=0 docker build --network host --quiet --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@" >/dev/null
+    local name="$1" log
+    log="$logs/$(echo "$1" | tr '/:' '__').log"
+    shift
+    if ! DOCKER_BUILDKIT=0 docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" "$@" \
+        >"$log" 2>&1; then
+        echo "[images] $name FAILED:" >&2
+        tail -40 "$log" >&2
+        return 1
+    fi
+    echo "[images] $name built" >&2
 }
+# Two builds at a time: a build waits on the network and the disk as much as on a core.
+pids=()
 while read -r image target extra; do
     [ -n "$image" ] || continue
     echo "[images] flts/$image:$TAG (target $target, group $extra)" >&2
-    build --target "$target" --build-arg "EXTRA=$extra" "${torch_options[@]}" -t "flts/$image:$TAG" .
+    build "flts/$image:$TAG" --target "$target" --build-arg "EXTRA=$extra" "${torch_options[@]}" \
+        -t "flts/$image:$TAG" . &
+    pids+=("$!")
+    if [ "${#pids[@]}" -ge 2 ]; then
+        wait "${pids[0]}" || failed=1
+        pids=("${pids[@]:1}")
+    fi
 done <<<"$services"
 echo "[images] flts/mlflow:$TAG" >&2
-build -f .kubernetes/images/mlflow/Dockerfile -t "flts/mlflow:$TAG" .
+build "flts/mlflow:$TAG" -f .kubernetes/images/mlflow/Dockerfile -t "flts/mlflow:$TAG" . &
+pids+=("$!")
+for pid in "${pids[@]}"; do
+    wait "$pid" || failed=1
+done
+rm -rf "$logs"
+[ -z "${failed:-}" ] || exit 1
 
 base_size="$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE")"
 printf '%-22s %10s %14s\n' image "size MB" "over base MB"
