@@ -251,7 +251,7 @@ def main() -> int:
                 port = free_port()
                 variant_env = {
                     **env,
-                    "IDENTIFIER": identifier,
+                    "IDENTIFIERS": identifier,
                     "INFERENCE_HOST": "127.0.0.1",
                     "INFERENCE_PORT": str(port),
                     "WORKERS": str(args.workers),

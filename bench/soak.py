@@ -95,7 +95,7 @@ def soak(args: argparse.Namespace, cfg: StackConfig, work: Path) -> int:
         **os.environ,
         **cfg.service_env(),
         "PYTHONPATH": str(support.REPO),
-        "IDENTIFIER": IDENTIFIER,
+        "IDENTIFIERS": IDENTIFIER,
         "INFERENCE_HOST": "127.0.0.1",
         "INFERENCE_PORT": str(port),
         "WORKERS": str(args.workers),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flts_cli import REPO_ROOT
+from flts_cli.fleet import data_dir
 from flts_cli.stack import HOST, venv_bin
 
 LOCUSTFILE = REPO_ROOT / "locust" / "locustfile.py"
@@ -27,9 +28,10 @@ def web_command(host: str, port: int) -> list[str]:
     return _locust(host, "--web-host", HOST, "--web-port", str(port))
 
 
-def data_env(dataset: str) -> dict[str, str]:
-    """Locust replays the test split of the dataset the run trained on."""
-    return {"LOCUST_DATA_PATH": str(REPO_ROOT / "data" / f"{dataset}_test.csv")}
+def data_env(datasets: list[str]) -> dict[str, str]:
+    """Locust replays the test splits of the stations the run serves, from the data folder the
+    preprocess job read; a LOCUST_DATA_PATH inherited from the shell would replace them."""
+    return {"LOCUST_DATASETS": ",".join(datasets), "LOCUST_DATA_DIR": str(data_dir()), "LOCUST_DATA_PATH": ""}
 
 
 def _locust(host: str, *options: str) -> list[str]:

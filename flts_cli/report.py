@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from flts_cli.fleet import fleet_summary
 from shared.events import PromotionDecision, PromotionPointer, model_dict
 from shared.mlflow_utils import find_runs
 from shared.scoring import DEFAULT_WEIGHTS, missing_metrics, score
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from flts_cli.state import RunState
+    from flts_cli.state import RunState, Station
 
 FORECAST_ARTIFACT = "plots/forecast_down_up.png"
 # report key → MLflow metric, per model. `rmse_down`/`rmse_up` are the one-step test RMSE (original
@@ -112,28 +113,69 @@ def _percentile(histogram: dict[int, int], fraction: float) -> float | None:
 
 
 def build_report(run: RunState, client: MlflowClient | None, total_seconds: float) -> dict[str, Any]:
-    """The report of `run` as far as it got; the scoreboard comes from MLflow when it answers."""
-    pointer = run.pointer
-    decision = run.decision
-    config_hash = run.claim.config_hash if run.claim is not None else None
-    weights = dict(decision.weights) if decision is not None and decision.weights else dict(DEFAULT_WEIGHTS)
-    models, baseline = _scoreboard(client, config_hash, weights)
+    """The report of `run` as far as it got; the scoreboards come from MLflow when it answers.
+
+    Each station has its entry in `stations` and `fleet` sums them up; a run of one station also
+    keeps that station's figures at the top, where they have always been.
+    """
+    stations = {name: station_report(station, client) for name, station in run.stations.items()}
     report: dict[str, Any] = {
         "status": "failed" if run.failed else "ok",
+        "dataset": ",".join(stations),
+        "datasets": list(stations),
+    }
+    if len(stations) == 1:
+        only = next(iter(stations.values()))
+        report.update({key: only[key] for key in SINGLE_STATION_FIELDS})
+    report.update(
+        {
+            "stages": {
+                name: {
+                    "status": s.status,
+                    "seconds": s.seconds,
+                    **({"error": s.error} if s.error else {}),
+                    **({"detail": s.detail} if s.detail else {}),
+                }
+                for name, s in run.stages.items()
+                if name != "report"
+            },
+            "load_test": run.load_test,
+            # With several stations: until the last of them was live.
+            "trigger_to_live_seconds": run.trigger_to_live_seconds,
+            "total_seconds": total_seconds,
+            "stations": stations,
+            "fleet": fleet_summary(stations),
+        }
+    )
+    if run.failed:
+        report["failed_stage"], report["error"] = run.failed.stage, run.failed.message
+    return report
+
+
+# What a one-station report holds at its top, as before the fleet.
+SINGLE_STATION_FIELDS = (
+    "config_hash",
+    "identifier",
+    "rows",
+    "models",
+    "baseline",
+    "promoted",
+    "decision",
+    "score_weights",
+)
+
+
+def station_report(station: Station, client: MlflowClient | None) -> dict[str, Any]:
+    """One station's entry: its status, data, scoreboard, decision and promotion."""
+    pointer, decision = station.pointer, station.decision
+    config_hash = station.claim.config_hash if station.claim is not None else None
+    weights = dict(decision.weights) if decision is not None and decision.weights else dict(DEFAULT_WEIGHTS)
+    models, baseline = _scoreboard(client, config_hash, weights)
+    entry: dict[str, Any] = {
+        "status": _station_status(station),
+        "identifier": station.claim.identifier if station.claim is not None else None,
         "config_hash": config_hash,
-        "dataset": run.options.dataset,
-        "identifier": run.claim.identifier if run.claim is not None else None,
-        "rows": run.rows,
-        "stages": {
-            name: {
-                "status": s.status,
-                "seconds": s.seconds,
-                **({"error": s.error} if s.error else {}),
-                **({"detail": s.detail} if s.detail else {}),
-            }
-            for name, s in run.stages.items()
-            if name != "report"
-        },
+        "rows": station.rows,
         "models": models,
         "baseline": baseline,
         "promoted": (
@@ -148,13 +190,21 @@ def build_report(run: RunState, client: MlflowClient | None, total_seconds: floa
         ),
         "decision": _decision_summary(decision),
         "score_weights": weights,
-        "load_test": run.load_test,
-        "trigger_to_live_seconds": run.trigger_to_live_seconds,
-        "total_seconds": total_seconds,
+        "trigger_to_live_seconds": station.trigger_to_live_seconds,
     }
-    if run.failed:
-        report["failed_stage"], report["error"] = run.failed.stage, run.failed.message
-    return report
+    if station.failed is not None:
+        entry["failed_stage"], entry["error"] = station.failed.stage, station.failed.message
+    return entry
+
+
+def _station_status(station: Station) -> str:
+    """live, refused (by the evaluator), failed (any other stage gave up on it), or pending (the
+    run stopped before it got anywhere)."""
+    if station.trigger_to_live_seconds is not None:
+        return "live"
+    if station.decision is not None and station.decision.pointer is None:
+        return "refused"
+    return "failed" if station.failed is not None else "pending"
 
 
 def _decision_summary(decision: PromotionDecision | None) -> dict[str, Any] | None:
@@ -211,19 +261,28 @@ def baseline_figures(metrics: Mapping[str, float]) -> dict[str, Any]:
 
 
 def write_report(
-    report: dict[str, Any], directory: Path, client: MlflowClient | None, pointer: PromotionPointer | None
+    report: dict[str, Any],
+    directory: Path,
+    client: MlflowClient | None,
+    pointers: Mapping[str, PromotionPointer],
 ) -> None:
+    """Write report.json, the charts and report.md; `pointers` are the promotions, per station."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "report.json").write_text(json.dumps(report, indent=2, default=str))
     images: list[tuple[str, str]] = []
-    if client is not None and pointer is not None and _copy_forecast_plot(client, pointer, directory):
-        images.append(("Forecast vs actual (promoted model, test split)", "forecast.png"))
+    single = len(report.get("stations") or {}) <= 1
+    for name, pointer in pointers.items():
+        target = "forecast.png" if single else f"forecast-{name}.png"
+        if client is not None and _copy_forecast_plot(client, pointer, directory / target):
+            station = "" if single else f"{name}: "
+            images.append((f"{station}Forecast vs actual (promoted model, test split)", target))
     if _locust_chart(directory / "locust_stats_history.csv", directory / "load_test.png"):
         images.append(("Load test: throughput and latency", "load_test.png"))
     (directory / "report.md").write_text(render_markdown(report, images))
 
 
 def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> str:
+    stations: dict[str, Any] = report.get("stations") or {}
     lines = [
         "# FLTS pipeline run",
         "",
@@ -235,14 +294,39 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
             else ""
         ),
         "",
-        f"- dataset: `{report.get('dataset')}` (identifier `{report.get('identifier')}`)",
-        f"- config hash: `{report.get('config_hash')}`",
-        f"- rows: {report.get('rows')}",
-        f"- trigger → promoted model live: {report.get('trigger_to_live_seconds')} s",
-        f"- total: {report.get('total_seconds')} s",
     ]
-    lines += _decision_lines(report.get("decision"))
-    lines += _scoreboard_lines(report)
+    if len(stations) > 1:
+        lines += [
+            f"- stations: {', '.join(f'`{name}`' for name in stations)}",
+            f"- trigger → every station live: {report.get('fleet', {}).get('trigger_to_all_live_seconds')} s",
+            f"- total: {report.get('total_seconds')} s",
+        ]
+        lines += _fleet_lines(report.get("fleet") or {}, stations)
+        for name, station in stations.items():
+            lines += [
+                "",
+                f"## Station {name}",
+                "",
+                f"- status: **{station.get('status')}**"
+                + (f" at `{station.get('failed_stage')}`" if station.get("failed_stage") else ""),
+                f"- identifier `{station.get('identifier')}`, config hash `{station.get('config_hash')}`",
+                f"- rows: {station.get('rows')}",
+                f"- trigger → promoted model live: {station.get('trigger_to_live_seconds')} s",
+            ]
+            lines += _decision_lines(station.get("decision"), "###")
+            lines += _scoreboard_lines(station, "###")
+    else:
+        lines += [
+            f"- dataset: `{report.get('dataset')}` (identifier `{report.get('identifier')}`)",
+            f"- config hash: `{report.get('config_hash')}`",
+            f"- rows: {report.get('rows')}",
+            f"- trigger → promoted model live: {report.get('trigger_to_live_seconds')} s",
+            f"- total: {report.get('total_seconds')} s",
+        ]
+        lines += _decision_lines(report.get("decision"), "##")
+        lines += _scoreboard_lines(report, "##")
+        if report.get("fleet"):
+            lines += _fleet_lines(report["fleet"], stations)
     lines += ["", "## Timeline", "", "| stage | status | seconds |", "|---|---|---|"]
     for name, stage in report.get("stages", {}).items():
         lines.append(f"| {name} | {stage['status']} | {stage['seconds']} |")
@@ -251,6 +335,8 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
         lines += [
             "",
             "## Load test (Locust)",
+            "",
+            f"Spread over {', '.join(f'`{name}`' for name in load.get('stations', []))}.",
             "",
             "| requests | failures | req/s | p50 ms | p95 ms | p99 ms |",
             "|---|---|---|---|---|---|",
@@ -263,14 +349,41 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
     return "\n".join(lines)
 
 
-def _decision_lines(decision: dict[str, Any] | None) -> list[str]:
+def _fleet_lines(fleet: dict[str, Any], stations: dict[str, Any]) -> list[str]:
+    """The fleet summary, then a line per station: what it serves, or why it does not."""
+    promoted, refused, failed = fleet.get("promoted", []), fleet.get("refused", {}), fleet.get("failed", {})
+    all_live = fleet.get("trigger_to_all_live_seconds")
+    lines = [
+        "",
+        "## Fleet",
+        "",
+        f"{fleet.get('stations')} station(s): {len(promoted)} promoted, {len(refused)} refused, "
+        f"{len(failed)} failed otherwise; live: {', '.join(fleet.get('live', [])) or 'none'}. "
+        + (f"Trigger → all live: {all_live} s." if all_live is not None else "Not every station went live."),
+        "",
+        "| station | status | promoted | run | score | trigger → live s | why not live |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, station in stations.items():
+        served = station.get("promoted") or {}
+        why = str(station.get("error") or "").splitlines()[:1]
+        run_id = f"`{served['run_id'][:8]}`" if served.get("run_id") else "—"
+        lines.append(
+            f"| {name} | {station.get('status')} | {served.get('model_type', '—')} | {run_id} | "
+            f"{_fmt(served.get('score'))} | {station.get('trigger_to_live_seconds') or '—'} | "
+            f"{why[0] if why else ''} |"
+        )
+    return lines
+
+
+def _decision_lines(decision: dict[str, Any] | None, heading: str) -> list[str]:
     """The evaluator's decision and each check of its gate (validation split)."""
     if not decision:
         return []
     gate = "on" if decision.get("skill_gate", True) else "off"
     lines = [
         "",
-        f"## Decision: {decision['decision']}",
+        f"{heading} Decision: {decision['decision']}",
         "",
         decision["reason"],
         "",
@@ -293,13 +406,13 @@ def _decision_lines(decision: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _scoreboard_lines(report: dict[str, Any]) -> list[str]:
+def _scoreboard_lines(report: dict[str, Any], heading: str) -> list[str]:
     promoted = report.get("promoted") or {}
     models: dict[str, Any] = report.get("models", {})
     base = report.get("baseline") or {}
     lines = [
         "",
-        "## Validation (decides)",
+        f"{heading} Validation (decides)",
         "",
         "Tail of the train split, one step ahead. Scaled metrics are in train-fit MinMax units "
         "averaged over the 11 KPIs; `down`/`up` RMSE are in original units (bits per 2-minute step). "
@@ -323,7 +436,7 @@ def _scoreboard_lines(report: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "## Test (reports)",
+        f"{heading} Test (reports)",
         "",
         "The test split, scored once. h1: one step ahead; h30: the 30th step (one hour) of a "
         "recursive forecast. `down`/`up` RMSE in original units.",
@@ -347,13 +460,13 @@ def _scoreboard_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _copy_forecast_plot(client: MlflowClient, pointer: PromotionPointer, directory: Path) -> bool:
+def _copy_forecast_plot(client: MlflowClient, pointer: PromotionPointer, target: Path) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(pointer.run_id, FORECAST_ARTIFACT, tmp)
         except Exception:
             return False
-        shutil.copy(local, directory / "forecast.png")
+        shutil.copy(local, target)
     return True
 
 

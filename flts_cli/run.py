@@ -11,6 +11,7 @@ import argparse
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from flts_cli import REPO_ROOT, locust_cmd, stages
+from flts_cli.fleet import DatasetError, data_dir, resolve_datasets
 from flts_cli.services import stop_all
 from flts_cli.settings import RunnerSettings
 from flts_cli.stack import HOST, PortInUseError, check_port_free, free_port
@@ -31,7 +33,12 @@ LOCUST_WEB_PORT = 8089  # Locust's own default, where a user looks first
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser("run", help="run the whole pipeline end to end and write a report")
-    run.add_argument("--dataset", default="PobleSec", help="dataset name (data/<name>.csv)")
+    run.add_argument(
+        "--dataset",
+        default="PobleSec",
+        help="the stations: a dataset name (<name>.csv with <name>_test.csv in DATA_DIR, default data/), "
+        "a comma-separated list of them, or `all`",
+    )
     run.add_argument("--sample-train-rows", type=int, default=None, help="train rows (default all)")
     run.add_argument("--sample-test-rows", type=int, default=None, help="test rows (default all)")
     run.add_argument("--salt", default="", help="EXTRA_HASH_SALT: a new salt forces a new config hash")
@@ -66,6 +73,11 @@ def _model_types(value: str) -> tuple[str, ...]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        args.datasets = resolve_datasets(args.dataset, data_dir())
+    except DatasetError as exc:
+        print(f"flts run: {exc}", file=sys.stderr)
+        return 2
     settings = load_settings(RunnerSettings)
     # MLflow draws progress bars on artifact downloads; they would break the status line.
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
@@ -81,6 +93,8 @@ def run_pipeline(run: RunState) -> int:
     try:
         for name, step in stages.PIPELINE:
             _run_stage(run, name, step)
+        # Every stage got through, but perhaps without some stations.
+        run.failed = run.station_failure()
     except StageFailed as exc:
         run.failed = exc
     except KeyboardInterrupt:
@@ -136,7 +150,7 @@ def _keep_running(run: RunState) -> None:
     run.start(
         "locust-web",
         locust_cmd.web_command(run.inference_url, web_port),
-        locust_cmd.data_env(run.options.dataset),
+        locust_cmd.data_env([station.dataset for station in run.active()]),
     )
     run.terminal.endpoints(run.inference_url, f"http://{HOST}:{web_port}", run.env)
     try:

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel
-
 from flts_cli import locust_cmd
+from flts_cli.fleet import served_run_ids
 from flts_cli.services import python_module
 from flts_cli.settings import pipeline_names
 from flts_cli.stack import HOST, LocalStack, StackConfig, StackError, free_port, free_ports
-from flts_cli.state import RunState, Stage, StageError, need
+from flts_cli.state import RunState, Stage, StageError, StageFailed, Station, need
 from flts_cli.watch import EventWatcher
 from shared.events import DataClaim, GateCheck, ModelType, PromotionDecision, TrainingEvent, TrainingStatus
 from shared.kafka import ensure_topics, wait_for_broker
@@ -37,7 +36,7 @@ from shared.storage import ObjectStore
 if TYPE_CHECKING:  # importing mlflow costs seconds; `flts up` should not pay them
     from mlflow.tracking import MlflowClient
 
-StageOutcome = Literal["ok", "skipped"]
+StageOutcome = Literal["ok", "skipped", "partial"]
 StageFunction = Callable[[RunState, Stage], StageOutcome]
 
 # Fixed waits for steps whose length does not grow with the data (unlike --stage-timeout).
@@ -157,96 +156,118 @@ def services(run: RunState, stage: Stage) -> StageOutcome:
 
 
 def preprocess(run: RunState, stage: Stage) -> StageOutcome:
+    """One preprocess job per station, all at once; each publishes its station's claims."""
     options = run.options
-    extra = {"DATASET_NAME": options.dataset, "EXTRA_HASH_SALT": options.salt}
-    if options.sample_train_rows:
-        extra["SAMPLE_TRAIN_ROWS"] = str(options.sample_train_rows)
-    if options.sample_test_rows:
-        extra["SAMPLE_TEST_ROWS"] = str(options.sample_test_rows)
     triggered = datetime.now(UTC)
     run.triggered_at = time.monotonic()
-    job = run.start("preprocess", python_module("preprocess_container"), extra, job=True)
-    code = job.wait(options.stage_timeout)
-    if code is None:
-        job.kill()
-        raise StageError(f"did not finish in {options.stage_timeout:.0f}s")
-    if code != 0:
-        raise StageError(f"exit code {code}:\n{job.log_tail(8)}")
-    claim = _await_claim(run)
-    meta = load_meta(need(run.store, "the object store"), claim.bucket, claim.meta_object)
-    run.claim = claim
-    run.rows = {"train": claim.rows, "test": claim.test_rows or meta.rows.test}
-    # Same inputs give the same config hash, and the job re-publishes what it made before.
-    stage.detail.update(config_hash=claim.config_hash, reused_processed_data=meta.created_at < triggered)
-    return "ok"
+    jobs = {}
+    for station in run.stations.values():
+        extra = {"DATASET_NAME": station.dataset, "EXTRA_HASH_SALT": options.salt}
+        if options.sample_train_rows:
+            extra["SAMPLE_TRAIN_ROWS"] = str(options.sample_train_rows)
+        if options.sample_test_rows:
+            extra["SAMPLE_TEST_ROWS"] = str(options.sample_test_rows)
+        name = run.process_name("preprocess", station)
+        jobs[station.dataset] = run.start(name, python_module("preprocess_container"), extra, job=True)
+    deadline = run.deadline()
+    for station in run.active():
+        job = jobs[station.dataset]
+        code = job.wait(max(0.0, deadline - time.monotonic()))
+        if code is None:
+            job.kill()
+            _give_up(run, stage, station, f"did not finish in {options.stage_timeout:.0f}s")
+        elif code != 0:
+            _give_up(run, stage, station, f"exit code {code}:\n{job.log_tail(8)}")
+    _await_claims(run, stage)
+    store = need(run.store, "the object store")
+    for station in run.active():
+        claim = need(station.claim, "the data claim")
+        meta = load_meta(store, claim.bucket, claim.meta_object)
+        station.rows = {"train": claim.rows, "test": claim.test_rows or meta.rows.test}
+        # Same inputs give the same config hash, and the job re-publishes what it made before.
+        _station_detail(
+            run,
+            stage,
+            station,
+            config_hash=claim.config_hash,
+            reused_processed_data=meta.created_at < triggered,
+        )
+    return _outcome(run, stage, "ok")
 
 
 def training(run: RunState, stage: Stage) -> StageOutcome:
-    claim = need(run.claim, "the data claim")
-    run.previous_decision = _earlier_decision(run, claim)
-    if run.previous_decision is not None:
-        stage.detail["note"] = (
-            f"config hash already trained and {run.previous_decision.decision.value}; nothing retrained"
-        )
+    for station in run.active():
+        station.previous_decision = _earlier_decision(run, need(station.claim, "the data claim"))
+        if station.previous_decision is not None:
+            outcome = station.previous_decision.decision.value
+            _station_detail(
+                run, stage, station, note=f"config hash already trained and {outcome}; nothing retrained"
+            )
+    waiting = [s for s in run.active() if s.previous_decision is None]
+    if not waiting:
         return "skipped"
     model_types = tuple(t.model_type.value for t in _trainers(run))
-    status: dict[str, str] = dict.fromkeys(model_types, "waiting")
-    events: dict[str, TrainingEvent] = {}
     client = connect(run.env["MLFLOW_TRACKING_URI"])
-    epochs: dict[str, str] = {}
+    epochs: dict[str, dict[str, str]] = {}
     last_epoch_check = 0.0
     deadline = run.deadline()
-    while any(s != TrainingStatus.SUCCESS.value for s in status.values()):
+    while waiting:
         run.check_services()
-        if time.monotonic() > deadline:
-            raise StageError(f"timed out; status {status}")
-        event = _next_event(run, 0.3)
-        if isinstance(event, TrainingEvent) and event.config_hash == claim.config_hash:
-            if event.model_type.value not in status:
+        progress = {s.dataset: _training_progress(run, s, model_types) for s in waiting}
+        for station in list(waiting):
+            events, status = progress[station.dataset]
+            failed = [e for e in events.values() if e.status == TrainingStatus.FAILED]
+            if failed:
+                _give_up(run, stage, station, f"{failed[0].model_type.value} failed: {failed[0].error}")
+            elif all(s == TrainingStatus.SUCCESS.value for s in status.values()):
+                _station_detail(run, stage, station, runs={t: e.run_id for t, e in events.items()})
+            elif time.monotonic() > deadline:
+                _give_up(run, stage, station, f"timed out; status {status}")
+            else:
                 continue
-            status[event.model_type.value] = event.status.value
-            events[event.model_type.value] = event
-            if event.status == TrainingStatus.FAILED:
-                raise StageError(f"{event.model_type.value} failed: {event.error}")
-        elif isinstance(event, PromotionDecision) and event.config_hash == claim.config_hash:
-            # The evaluator may decide before the last trainer's SUCCESS is read here.
-            run.decision = event
+            waiting.remove(station)
         if time.monotonic() - last_epoch_check > 2:
             last_epoch_check = time.monotonic()
-            epochs = _epoch_progress(client, events, status)
-        run.terminal.update(
-            "training", "  ".join(f"{t}: {epochs.get(t, status[t].lower())}" for t in model_types)
-        )
-    stage.detail["runs"] = {t: e.run_id for t, e in events.items()}
-    return "ok"
+            epochs = {name: _epoch_progress(client, *progress[name]) for name in progress}
+        run.terminal.update("training", _training_line(progress, epochs, model_types))
+        if waiting:
+            _read_event(run, 0.3)
+    return _outcome(run, stage, "ok")
 
 
 def evaluation(run: RunState, stage: Stage) -> StageOutcome:
-    """Wait for the evaluator's decision; a refusal fails the run at once with its reason."""
-    claim = need(run.claim, "the data claim")
+    """Wait for the evaluator's decisions; a refusal gives up on its station with its reason (at
+    once when it is the only one) and fails the run once the others are through."""
     outcome: StageOutcome = "ok"
-    if run.previous_decision is not None:
-        run.decision = run.previous_decision
-        stage.detail["note"] = "decision of this config hash reused"
+    for station in run.active():
+        if station.previous_decision is not None:
+            station.decision = station.previous_decision
+            _station_detail(run, stage, station, note="decision of this config hash reused")
+    if all(station.previous_decision is not None for station in run.active()):
         outcome = "skipped"
     deadline = run.deadline()
-    while run.decision is None:
+    while undecided := [s for s in run.active() if _decided(run, s) is None]:
         if time.monotonic() > deadline:
             topic = need(run.names, "the topic names").TOPIC_PROMOTION_DECISIONS
-            raise StageError(f"no {topic} event for this config hash (see logs/evaluator.log)")
+            for station in undecided:
+                _give_up(
+                    run, stage, station, f"no {topic} event for this config hash (see logs/evaluator.log)"
+                )
+            break
         run.check_services()
-        event = _next_event(run, 0.3)
-        if isinstance(event, PromotionDecision) and event.config_hash == claim.config_hash:
-            run.decision = event
-        else:
-            run.terminal.update("evaluation", "waiting for the evaluator's decision")
-    decision = run.decision
-    stage.detail.update(decision=decision.decision.value, reason=decision.reason)
-    if decision.pointer is None:
-        raise StageError(refusal_message(decision))
-    run.pointer = decision.pointer
-    stage.detail.update(model_type=decision.pointer.model_type.value, run_id=decision.pointer.run_id)
-    return outcome
+        run.terminal.update("evaluation", f"waiting for the evaluator's decision on {_names(undecided)}")
+        _read_event(run, 0.3)
+    for station in run.active():
+        decision = need(station.decision, "the decision")
+        _station_detail(run, stage, station, decision=decision.decision.value, reason=decision.reason)
+        if decision.pointer is None:
+            _give_up(run, stage, station, refusal_message(decision))
+            continue
+        station.pointer = decision.pointer
+        _station_detail(
+            run, stage, station, model_type=decision.pointer.model_type.value, run_id=decision.pointer.run_id
+        )
+    return _outcome(run, stage, outcome)
 
 
 def refusal_message(decision: PromotionDecision) -> str:
@@ -268,27 +289,44 @@ def _check_line(check: GateCheck) -> str:
 
 
 def inference_live(run: RunState, stage: Stage) -> StageOutcome:
-    pointer = need(run.pointer, "the promotion pointer")
+    """Wait until `GET /model` serves every promoted station's run."""
+    waiting = {station.identifier: station for station in run.active()}
     deadline = time.monotonic() + MODEL_LIVE_S
-    while time.monotonic() < deadline:
+    while waiting:
         run.check_services()
-        info = _http_json(f"{run.inference_url}/model")
-        if info and info.get("run_id") == pointer.run_id:
-            run.trigger_to_live_seconds = round(time.monotonic() - run.triggered_at, 2)
-            stage.detail["trigger_to_live_seconds"] = run.trigger_to_live_seconds
-            return "ok"
-        run.terminal.update("inference_live", f"waiting for inference to serve {pointer.run_id[:8]}")
+        served = served_run_ids(_http_json(f"{run.inference_url}/model"))
+        for identifier, station in list(waiting.items()):
+            if served.get(identifier) == need(station.pointer, "the promotion pointer").run_id:
+                station.trigger_to_live_seconds = round(time.monotonic() - run.triggered_at, 2)
+                _station_detail(run, stage, station, trigger_to_live_seconds=station.trigger_to_live_seconds)
+                del waiting[identifier]
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            for identifier, station in waiting.items():
+                run_id = need(station.pointer, "the promotion pointer").run_id
+                message = f"inference did not serve run {run_id} for {identifier} within {MODEL_LIVE_S:.0f}s"
+                _give_up(run, stage, station, f"{message}; it served {served or 'nothing'}")
+            break
+        pending = ", ".join(f"{i} {need(s.pointer, 'the pointer').run_id[:8]}" for i, s in waiting.items())
+        run.terminal.update("inference_live", f"waiting for inference to serve {pending}")
         time.sleep(0.3)
-    raise StageError(f"inference did not serve run {pointer.run_id} within {MODEL_LIVE_S:.0f}s")
+    live = [s.trigger_to_live_seconds for s in run.stations.values() if s.trigger_to_live_seconds is not None]
+    run.trigger_to_live_seconds = max(live, default=None)
+    if len(run.stations) > 1:
+        stage.detail["trigger_to_all_live_seconds"] = run.trigger_to_live_seconds
+    return _outcome(run, stage, "ok")
 
 
 def load_test(run: RunState, stage: Stage) -> StageOutcome:
+    """A swarm spread over the stations that went live."""
     options = run.options
     results = run.report_dir / "locust"
     argv = locust_cmd.headless_command(
         run.inference_url, options.load_users, options.load_spawn_rate, options.load_duration, results
     )
-    swarm = run.start("locust", argv, locust_cmd.data_env(options.dataset), job=True)
+    stations = [station.dataset for station in run.active()]
+    swarm = run.start("locust", argv, locust_cmd.data_env(stations), job=True)
     began = time.monotonic()
     while swarm.running:
         run.check_services()
@@ -300,8 +338,8 @@ def load_test(run: RunState, stage: Stage) -> StageOutcome:
     from flts_cli import report as report_writer  # matplotlib: only when a report is due
 
     stats = report_writer.read_locust_stats(results)
-    run.load_test = stats
-    stage.detail.update(stats)
+    run.load_test = {**stats, "stations": stations}
+    stage.detail.update(run.load_test)
     if stats["requests"] == 0:
         raise StageError(f"no requests were made (see {swarm.log_path})")
     if stats["failures"]:
@@ -315,7 +353,8 @@ def report(run: RunState, stage: Stage) -> StageOutcome:
 
     client = connect(run.env["MLFLOW_TRACKING_URI"]) if run.env else None
     document = report_writer.build_report(run, client, total_seconds=round(time.monotonic() - run.started, 2))
-    report_writer.write_report(document, run.report_dir, client, run.pointer)
+    pointers = {name: s.pointer for name, s in run.stations.items() if s.pointer is not None}
+    report_writer.write_report(document, run.report_dir, client, pointers)
     return "ok"
 
 
@@ -345,20 +384,115 @@ def _wait_healthy(run: RunState, pending: dict[str, str]) -> None:
         time.sleep(0.3)
 
 
-def _next_event(run: RunState, timeout_s: float) -> BaseModel | None:
-    """The next event on a watched topic; each topic has its own event type."""
+def _read_event(run: RunState, timeout_s: float) -> None:
+    """Keep the next event of a watched topic, if one comes within `timeout_s`."""
     got = need(run.watcher, "the event watcher").poll(timeout_s)
-    return got[1] if got else None
+    if got:
+        run.events.append(got[1])
 
 
-def _await_claim(run: RunState) -> DataClaim:
+def _give_up(run: RunState, stage: Stage, station: Station, message: str) -> None:
+    """Stop taking `station` through the pipeline; the others go on."""
+    station.failed = StageFailed(stage.name, message)
+    _station_detail(run, stage, station, error=message)
+
+
+def _outcome(run: RunState, stage: Stage, outcome: StageOutcome) -> StageOutcome:
+    """The stage's outcome once it is through with every station: it fails when none is left."""
+    gave_up = [s for s in run.stations.values() if s.failed is not None and s.failed.stage == stage.name]
+    if not run.active():
+        if len(gave_up) == 1:
+            raise StageError(need(gave_up[0].failed, "the failure").message)
+        raise StageError(
+            "no station left:\n" + "\n".join(f"{s.dataset}: {s.failed.message}" for s in gave_up if s.failed)
+        )
+    return "partial" if gave_up else outcome
+
+
+def _station_detail(run: RunState, stage: Stage, station: Station, **values: Any) -> None:
+    """Note `values` in the stage's detail: at the top with one station, else under its name."""
+    if len(run.stations) == 1:
+        stage.detail.update(values)
+    else:
+        stage.detail.setdefault("stations", {}).setdefault(station.dataset, {}).update(values)
+
+
+def _names(stations: list[Station]) -> str:
+    return ", ".join(station.dataset for station in stations)
+
+
+def _await_claims(run: RunState, stage: Stage) -> None:
+    """Each station's data claim, published by its job before it exited 0."""
     deadline = time.monotonic() + CLAIM_AFTER_JOB_S
-    while time.monotonic() < deadline:
-        event = _next_event(run, 0.5)
-        if isinstance(event, DataClaim) and event.dataset == run.options.dataset:
-            return event
-    topic = need(run.names, "the topic names").TOPIC_TRAINING_DATA
-    raise StageError(f"the job exited 0 but no {topic} claim arrived in {CLAIM_AFTER_JOB_S:.0f}s")
+    while missing := [s for s in run.active() if _claim_of(run, s) is None]:
+        if time.monotonic() > deadline:
+            topic = need(run.names, "the topic names").TOPIC_TRAINING_DATA
+            for station in missing:
+                _give_up(
+                    run,
+                    stage,
+                    station,
+                    f"the job exited 0 but no {topic} claim arrived in {CLAIM_AFTER_JOB_S:.0f}s",
+                )
+            return
+        _read_event(run, 0.5)
+
+
+def _claim_of(run: RunState, station: Station) -> DataClaim | None:
+    if station.claim is None:
+        station.claim = next(
+            (e for e in run.events if isinstance(e, DataClaim) and e.dataset == station.dataset), None
+        )
+    return station.claim
+
+
+def _decided(run: RunState, station: Station) -> PromotionDecision | None:
+    if station.decision is None:
+        claim = need(station.claim, "the data claim")
+        station.decision = next(
+            (
+                e
+                for e in run.events
+                if isinstance(e, PromotionDecision)
+                and (e.identifier, e.config_hash) == (claim.identifier, claim.config_hash)
+            ),
+            None,
+        )
+    return station.decision
+
+
+def _training_progress(
+    run: RunState, station: Station, model_types: tuple[str, ...]
+) -> tuple[dict[str, TrainingEvent], dict[str, str]]:
+    """Each model type's newest training event and status for the station's config hash."""
+    config_hash = need(station.claim, "the data claim").config_hash
+    events: dict[str, TrainingEvent] = {}
+    for event in run.events:
+        if (
+            isinstance(event, TrainingEvent)
+            and event.config_hash == config_hash
+            and event.model_type.value in model_types
+        ):
+            events[event.model_type.value] = event
+    status = {t: events[t].status.value if t in events else "waiting" for t in model_types}
+    return events, status
+
+
+def _training_line(
+    progress: dict[str, tuple[dict[str, TrainingEvent], dict[str, str]]],
+    epochs: dict[str, dict[str, str]],
+    model_types: tuple[str, ...],
+) -> str:
+    """The status line: each model type's state, per station when there are several."""
+
+    def line(name: str) -> str:
+        status = progress[name][1]
+        shown = epochs.get(name, {})
+        return "  ".join(f"{t}: {shown.get(t, status[t].lower())}" for t in model_types)
+
+    if len(progress) == 1:
+        return line(next(iter(progress)))
+    return "  |  ".join(f"{name} {line(name)}" for name in progress)
 
 
 def _earlier_decision(run: RunState, claim: DataClaim) -> PromotionDecision | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from pydantic import BaseModel
+
 from flts_cli import REPO_ROOT
 from flts_cli.services import ServiceProcess
 from flts_cli.settings import RunnerSettings
@@ -23,7 +25,8 @@ from shared.events import DataClaim, PromotionDecision, PromotionPointer
 from shared.settings import BaseServiceSettings
 from shared.storage import ObjectStore
 
-StageStatus = Literal["pending", "running", "ok", "skipped", "failed"]
+# "partial": the stage went on with the other stations after one of them failed in it.
+StageStatus = Literal["pending", "running", "ok", "skipped", "partial", "failed"]
 T = TypeVar("T")
 
 
@@ -53,7 +56,7 @@ class Stage:
 class RunOptions:
     """The options of `flts run` (see its `--help`)."""
 
-    dataset: str
+    datasets: tuple[str, ...]  # the stations, in the order given; resolved from `--dataset`
     sample_train_rows: int | None
     sample_test_rows: int | None
     salt: str
@@ -69,6 +72,25 @@ class RunOptions:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
         return cls(**{option.name: getattr(args, option.name) for option in fields(cls)})
+
+
+@dataclass
+class Station:
+    """What the stages found for one dataset; its claims carry the dataset name as identifier."""
+
+    dataset: str
+    claim: DataClaim | None = None
+    rows: dict[str, Any] | None = None
+    previous_decision: PromotionDecision | None = None  # this config hash was decided before
+    decision: PromotionDecision | None = None  # the evaluator's decision for this config hash
+    pointer: PromotionPointer | None = None  # the promotion of this station's config hash
+    trigger_to_live_seconds: float | None = None
+    # Set when a stage gives up on this station; the run goes on with the others.
+    failed: StageFailed | None = None
+
+    @property
+    def identifier(self) -> str:
+        return self.claim.identifier if self.claim is not None else self.dataset
 
 
 @dataclass
@@ -93,20 +115,37 @@ class RunState:
     jobs: list[ServiceProcess] = field(default_factory=list)
     watcher: EventWatcher | None = None
     inference_url: str = ""
-    # preprocess
-    claim: DataClaim | None = None
-    rows: dict[str, Any] | None = None
-    triggered_at: float = 0.0  # monotonic
-    # training and evaluation
-    previous_decision: PromotionDecision | None = None  # this config hash was decided before
-    decision: PromotionDecision | None = None  # the evaluator's decision for this config hash
-    pointer: PromotionPointer | None = None  # the promotion of this run's config hash
+    # Every event read from the watched topics, in order: the stations move at their own pace,
+    # so a stage may read an event a later stage (or another station) needs.
+    events: list[BaseModel] = field(default_factory=list)
+    stations: dict[str, Station] = field(init=False)
+    triggered_at: float = 0.0  # monotonic, when the preprocess jobs started
     # inference_live and load_test
-    trigger_to_live_seconds: float | None = None
+    trigger_to_live_seconds: float | None = None  # until every station that got there was live
     load_test: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.terminal = Terminal(self.started)
+        self.stations = {name: Station(name) for name in self.options.datasets}
+
+    def active(self) -> list[Station]:
+        """The stations no stage has given up on."""
+        return [station for station in self.stations.values() if station.failed is None]
+
+    def process_name(self, base: str, station: Station) -> str:
+        """A per-station process's name (and log file); one station keeps the plain name."""
+        return base if len(self.stations) == 1 else f"{base}-{station.dataset}"
+
+    def station_failure(self) -> StageFailed | None:
+        """The run's failure when stations failed while the pipeline went on with the others:
+        at the earliest stage any of them failed, naming each and why."""
+        failures = {s.dataset: s.failed for s in self.stations.values() if s.failed is not None}
+        if not failures:
+            return None
+        order = list(self.stages)
+        first = min(failures.values(), key=lambda f: order.index(f.stage) if f.stage in order else len(order))
+        message = "\n".join(f"station {name} ({f.stage}): {f.message}" for name, f in failures.items())
+        return StageFailed(first.stage, message)
 
     @property
     def logs_dir(self) -> Path:

@@ -2,8 +2,9 @@
 
 `create_app` only wires the parts together: the app's state (inference_container.deps), the
 routes (inference_container.routes), the error answers (inference_container.errors). Every
-request is counted and timed by route and status (`InferenceAPI.__call__`), which also answers
-POST /predict straight from ASGI messages when PREDICT_FAST_PATH is on (the default).
+request is counted and timed by route, status and station (`InferenceAPI.__call__`; the station
+label is bounded, inference_container.telemetry), which also answers POST /predict straight from
+ASGI messages when PREDICT_FAST_PATH is on (the default).
 
 Why the fast path stays: `bench/inference.py` serves the same model with it on and off, side by
 side, under the same wrk load (20 connections, interleaved rounds, medians), and on the 2-core
@@ -28,13 +29,14 @@ from inference_container.deps import AppState
 from inference_container.errors import EXCEPTION_HANDLERS
 from inference_container.inference_log import InferenceLogWriter
 from inference_container.lifecycle import ModelManager
-from inference_container.predict import Reply, error_body
+from inference_container.predict import STATION_SCOPE_KEY, Reply, error_body
 from inference_container.routes import api_router
 from inference_container.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
 _KNOWN_ROUTES = frozenset({"/predict", "/healthz", "/readyz", "/model", "/metrics"})
+_STATION_ROUTE = "/models/{identifier}"
 _JSON_HEADER = (b"content-type", b"application/json")
 
 
@@ -52,9 +54,10 @@ class InferenceAPI(FastAPI):
         path = scope["path"]
         start = time.perf_counter()
         status = 500
+        station: str | None = None
         try:
             if self.fast_predict and path == "/predict" and scope["method"] == "POST":
-                status = await self._predict(scope, receive, send)
+                status, station = await self._predict(scope, receive, send)
             else:
 
                 async def send_and_record(message: Message) -> None:
@@ -64,30 +67,38 @@ class InferenceAPI(FastAPI):
                     await send(message)
 
                 await super().__call__(scope, receive, send_and_record)
+                station = scope.get(STATION_SCOPE_KEY)
         finally:
-            route = path if path in _KNOWN_ROUTES else "other"
             metrics = self.inference.metrics
-            metrics.requests.labels(route, str(status)).inc()
-            metrics.latency.labels(route).observe(time.perf_counter() - start)
+            route = _route_label(path)
+            label = metrics.identifiers.label(station)
+            metrics.requests.labels(route, str(status), label).inc()
+            metrics.latency.labels(route, label).observe(time.perf_counter() - start)
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> int:
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> tuple[int, str | None]:
         handler = self.inference.predict
         headers = dict(scope["headers"])
         try:
-            status, body, extra = await handler(headers, scope["query_string"], handler.body_reader(receive))
+            reply = await handler(headers, scope["query_string"], handler.body_reader(receive))
         except Exception:  # a bug, never bad input: log it and answer 500 with an id to find it
             request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex
             log.exception("unhandled error in /predict", extra={"request_id": request_id})
-            status, body, extra = 500, error_body(f"internal error (request id {request_id})"), []
-        await send_reply(send, (status, body, extra))
-        return status
+            reply = Reply(500, error_body(f"internal error (request id {request_id})"), [])
+        await send_reply(send, reply)
+        return reply.status, reply.identifier
+
+
+def _route_label(path: str) -> str:
+    if path in _KNOWN_ROUTES:
+        return path
+    # One label for every station's page: the path holds a client-chosen name.
+    return _STATION_ROUTE if path.startswith("/models/") else "other"
 
 
 async def send_reply(send: Send, reply: Reply) -> None:
-    status, body, extra = reply
-    headers = [_JSON_HEADER, (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    headers = [_JSON_HEADER, (b"content-length", str(len(reply.body)).encode()), *reply.headers]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
 
 
 def create_app(
@@ -116,9 +127,11 @@ def create_app(
         title="FLTS inference API",
         version="1.0.0",
         description=(
-            "Forecasts LTE base-station KPIs with the promoted model. `POST /predict` takes at least "
-            "INPUT_SEQ_LEN rows at the training step (2 minutes) and returns `inference_length` steps "
-            "after the last timestamp, every KPI in original units."
+            "Forecasts LTE base-station KPIs with each station's promoted model (its champion). "
+            "`POST /predict` names the station (`identifier` in the body or `?identifier=`; optional "
+            "while only one station is served), takes at least INPUT_SEQ_LEN rows at the training "
+            "step (2 minutes) and returns `inference_length` steps after the last timestamp, every "
+            "KPI in original units."
         ),
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,

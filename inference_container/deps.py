@@ -13,15 +13,11 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from inference_container.inference_log import InferenceLogWriter
-from inference_container.lifecycle import ModelManager, ServingModel
+from inference_container.lifecycle import ModelManager
 from inference_container.predict import PredictHandler
 from inference_container.settings import InferenceSettings
 from inference_container.telemetry import ServiceMetrics
 from shared.storage import ObjectStore
-
-
-class ModelNotReady(Exception):
-    """No model is loaded yet; answered 503 with Retry-After (inference_container.errors)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +39,10 @@ class AppState:
     ) -> AppState:
         """The given manager and writer, or new ones from `settings` (the writer only when
         INFERENCE_LOG_ENABLED); one metrics registry shared by all of them."""
-        metrics = manager.metrics if manager is not None and manager.metrics is not None else ServiceMetrics()
+        if manager is not None and manager.metrics is not None:
+            metrics = manager.metrics
+        else:
+            metrics = ServiceMetrics(settings.MAX_METRIC_IDENTIFIERS)
         manager = manager or ModelManager(settings, metrics)
         if log_writer is None and settings.INFERENCE_LOG_ENABLED:
             log_writer = InferenceLogWriter(
@@ -107,14 +106,3 @@ ManagerDep = Annotated[ModelManager, Depends(get_manager)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 LogWriterDep = Annotated[InferenceLogWriter | None, Depends(get_log_writer)]
 PredictHandlerDep = Annotated[PredictHandler, Depends(get_predict_handler)]
-
-
-async def get_serving_model(manager: ManagerDep) -> ServingModel:
-    """The model being served; while there is none the route answers 503 (ModelNotReady)."""
-    model = manager.current
-    if model is None:
-        raise ModelNotReady
-    return model
-
-
-ServingModelDep = Annotated[ServingModel, Depends(get_serving_model)]

@@ -1,5 +1,5 @@
 """How the API answers errors: `{"status": "ERROR", "detail": "<what is wrong>"}` for bad requests
-and bugs, and the not-ready answer (503 + Retry-After) of a route that needs a model."""
+and bugs."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inference_container.deps import ModelNotReady, app_state
 from inference_container.predict import error_body
 
 log = logging.getLogger(__name__)
@@ -21,12 +20,6 @@ log = logging.getLogger(__name__)
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return Response(error_body(message), status, headers=headers, media_type="application/json")
-
-
-async def not_ready(request: Request, _exc: ModelNotReady) -> Response:
-    state = app_state(request.app)
-    body = {"status": "not ready", "detail": "no model loaded", **state.manager.status()}
-    return JSONResponse(body, 503, headers={"Retry-After": str(state.settings.RETRY_AFTER_S)})
 
 
 async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
@@ -50,7 +43,6 @@ async def unexpected(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS: dict[int | type[Exception], Callable[[Request, Any], Coroutine[Any, Any, Response]]] = {
-    ModelNotReady: not_ready,
     RequestValidationError: invalid_request,
     StarletteHTTPException: http_error,
     Exception: unexpected,

@@ -1,14 +1,20 @@
 """Which model this replica serves, and how it follows promotions.
 
 Three background threads, none on the request path:
-- the pointer poller reads the live pointer from the promotion bucket at start (and every
-  POINTER_POLL_S, and again as soon as the Kafka consumer is assigned, which closes the gap
-  between reading S3 and joining the topic at the `latest` offset);
+- the pointer poller reads every followed station's live pointer (`<identifier>/current.json`)
+  from the promotion bucket at start (and every POINTER_POLL_S, and again as soon as the Kafka
+  consumer is assigned, which closes the gap between reading S3 and joining the topic at the
+  `latest` offset); with IDENTIFIERS unset it discovers the stations by listing the bucket;
 - the consumer reads `model-selected` in a group of its own, so every replica sees every
-  promotion;
-- the loader downloads and builds the newest wanted model, then swaps one reference. Requests
-  hold the `ServingModel` they started with, so in-flight work finishes on the old model. A
-  failed load keeps the old model and retries with backoff until it succeeds or is superseded.
+  promotion of every station;
+- the loader downloads and builds each station's newest wanted model, then swaps it in by
+  replacing the immutable station -> model mapping. Requests hold the `ServingModel` they
+  started with, so in-flight work finishes on the old model, and a swap of one station leaves
+  every other station's model object untouched. A failed load keeps that station's old model
+  and retries with backoff (per station) until it succeeds or is superseded.
+
+Every station is loaded eagerly, as soon as its pointer is seen: measured figures and the
+reasoning are in inference_container/README.md ("Many stations").
 
 All three wait between failures by the project's one retry policy (shared.retry.Backoff): from
 MODEL_RELOAD_BACKOFF_S, doubling per failure, never above MODEL_RELOAD_MAX_BACKOFF_S.
@@ -24,13 +30,15 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from botocore.exceptions import ClientError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from mlflow.tracking import MlflowClient
 
@@ -150,8 +158,25 @@ def _warm_up(forecast: Forecast, input_len: int, step: np.timedelta64) -> None:
         raise ValueError(f"model answered shape {out.shape} on the warm-up window")
 
 
+@dataclass(frozen=True)
+class LoadFailure:
+    """The last failed load of a station's newest champion (the previous model keeps serving)."""
+
+    run_id: str
+    error: str
+    at: datetime
+
+    def describe(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "error": self.error, "at": self.at.isoformat()}
+
+
 class ModelManager:
-    """Holds the live `ServingModel` and keeps it in step with promotions."""
+    """Holds one live `ServingModel` per station and keeps each in step with its promotions.
+
+    Every station swaps on its own: `models` is an immutable mapping replaced whole (one
+    reference assignment) when any station's new model is ready, so a request reads it once and
+    resolves its station's model from that snapshot; another station's swap cannot touch it.
+    """
 
     def __init__(
         self,
@@ -163,10 +188,13 @@ class ModelManager:
         self.metrics = metrics
         self.backoff = Backoff(settings.MODEL_RELOAD_BACKOFF_S, settings.MODEL_RELOAD_MAX_BACKOFF_S)
         self._loader = loader or self._load_from_mlflow
-        self._current: ServingModel | None = None
-        self._wanted: PromotionPointer | None = None
-        self._failed_attempts = 0
-        self.last_error: str | None = None
+        self._configured = frozenset(settings.IDENTIFIERS) if settings.IDENTIFIERS else None
+        self._models: Mapping[str, ServingModel] = MappingProxyType({})
+        # Guarded by _changed: the newest pointer per station, and per-station retry state.
+        self._wanted: dict[str, PromotionPointer] = {}
+        self._failed_attempts: dict[str, int] = {}
+        self._retry_at: dict[str, float] = {}
+        self._failures: dict[str, LoadFailure] = {}
         self.pointer_error: str | None = None
         self.swaps = 0
         self.consumer_assigned = threading.Event()
@@ -180,19 +208,61 @@ class ModelManager:
 
     # -- read side (request path): one attribute read, no lock -------------------------------
     @property
-    def current(self) -> ServingModel | None:
-        return self._current
+    def models(self) -> Mapping[str, ServingModel]:
+        """Every loaded station's model; the mapping itself never changes (swaps replace it)."""
+        return self._models
+
+    def knows(self, identifier: str) -> bool:
+        """A station this replica serves or will serve: configured, or with a champion pointer."""
+        if self._configured is not None:
+            return identifier in self._configured
+        return identifier in self._wanted or identifier in self._models
+
+    def follows(self, identifier: str) -> bool:
+        return self._configured is None or identifier in self._configured
+
+    @property
+    def failures(self) -> dict[str, LoadFailure]:
+        with self._changed:
+            return dict(self._failures)
+
+    @property
+    def last_error(self) -> str | None:
+        """The most recent load error of any station still failing (None once all recovered)."""
+        failures = self.failures
+        if not failures:
+            return None
+        return max(failures.values(), key=lambda failure: failure.at).error
+
+    def missing(self) -> list[str]:
+        """Stations with a champion pointer but no model loaded yet (sorted)."""
+        models = self._models
+        with self._changed:
+            return sorted(identifier for identifier in self._wanted if identifier not in models)
+
+    def ready(self) -> bool:
+        """Every station with a champion is loaded, and there is at least one."""
+        return bool(self._models) and not self.missing()
+
+    def pending(self) -> dict[str, str]:
+        """Stations whose newest champion is not the one served yet: identifier -> its run_id."""
+        models = self._models
+        with self._changed:
+            wanted = dict(self._wanted)
+        return {
+            identifier: pointer.run_id
+            for identifier, pointer in sorted(wanted.items())
+            if identifier not in models or models[identifier].pointer is not pointer
+        }
 
     def status(self) -> dict[str, Any]:
-        wanted = self._wanted
-        current = self._current
-        pending = wanted is not None and (current is None or wanted is not current.pointer)
         return {
-            "model_ready": current is not None,
+            "model_ready": self.ready(),
+            "models_loaded": len(self._models),
             "consumer_assigned": self.consumer_assigned.is_set(),
             "pointer_checked": self.pointer_checked.is_set(),
             "swaps": self.swaps,
-            "pending_run_id": wanted.run_id if pending and wanted is not None else None,
+            "pending": self.pending(),
             "last_error": self.last_error,
             "pointer_error": self.pointer_error,
         }
@@ -221,21 +291,30 @@ class ModelManager:
         self._threads.clear()
 
     def offer(self, pointer: PromotionPointer, source: str) -> bool:
-        """Want `pointer` if it is for us and newer than what we want; True when accepted."""
-        wanted_identifier = self.settings.IDENTIFIER
-        if wanted_identifier is not None and pointer.identifier != wanted_identifier:
-            log.debug("promotion for another identifier ignored", extra={"identifier": pointer.identifier})
+        """Want `pointer` if its station is followed and it is newer than that station's wanted
+        pointer; True when accepted."""
+        identifier = pointer.identifier
+        if not self.follows(identifier):
+            log.debug("promotion for a station not served here ignored", extra={"identifier": identifier})
             return False
         with self._changed:
-            wanted = self._wanted
+            wanted = self._wanted.get(identifier)
             if wanted is not None and pointer.timestamp <= wanted.timestamp:
                 return False
-            self._wanted = pointer
-            self._failed_attempts = 0
+            self._wanted[identifier] = pointer
+            # A newer champion cancels the previous one's failure and its backoff.
+            self._failed_attempts.pop(identifier, None)
+            self._retry_at.pop(identifier, None)
+            self._failures.pop(identifier, None)
             self._changed.notify_all()
         log.info(
             "promotion accepted",
-            extra={"run_id": pointer.run_id, "model_type": pointer.model_type.value, "source": source},
+            extra={
+                "identifier": identifier,
+                "run_id": pointer.run_id,
+                "model_type": pointer.model_type.value,
+                "source": source,
+            },
         )
         return True
 
@@ -245,68 +324,96 @@ class ModelManager:
         return load_serving_model(client, pointer, cache_dir=self.settings.MODEL_CACHE_DIR)
 
     def _load_loop(self) -> None:
+        """One loader for every station, one load at a time: loads are CPU-bound (building the
+        model, the warm-up prediction) and would only compete with requests if run in parallel."""
         while not self._stop.is_set():
             with self._changed:
-                while not self._stop.is_set() and not self._needs_load():
-                    self._changed.wait(1.0)
-                if self._stop.is_set():
+                pointer = self._next_load()
+                while not self._stop.is_set() and pointer is None:
+                    self._changed.wait(self._idle_wait())
+                    pointer = self._next_load()
+                if self._stop.is_set() or pointer is None:
                     return
-                pointer = self._wanted
-            assert pointer is not None
             try:
                 model = self._loader(pointer)
-            except Exception as exc:  # any failure keeps the old model; the loop retries
+            except Exception as exc:  # any failure keeps the station's old model; retried later
                 self._on_load_failure(pointer, exc)
                 continue
             with self._changed:
-                if self._wanted is not pointer:
-                    # Superseded while loading; load the newer one next.
-                    continue
+                if self._wanted.get(pointer.identifier) is not pointer:
+                    continue  # superseded while loading; the newer one is loaded next
                 self._swap(model)
 
-    def _needs_load(self) -> bool:
-        wanted = self._wanted
-        current = self._current
-        return wanted is not None and (current is None or current.pointer is not wanted)
+    def _next_load(self) -> PromotionPointer | None:
+        """The station to load now (caller holds the lock): one whose newest champion is not
+        served and whose backoff has run out, the longest-waiting first."""
+        now = time.monotonic()
+        models = self._models
+        due = [
+            (self._retry_at.get(identifier, 0.0), identifier)
+            for identifier, pointer in self._wanted.items()
+            if (identifier not in models or models[identifier].pointer is not pointer)
+            and self._retry_at.get(identifier, 0.0) <= now
+        ]
+        return self._wanted[min(due)[1]] if due else None
+
+    def _idle_wait(self) -> float:
+        """Until the next station's backoff runs out (offer and stop notify sooner)."""
+        if not self._retry_at:
+            return 1.0
+        return max(0.01, min(1.0, min(self._retry_at.values()) - time.monotonic()))
 
     def _swap(self, model: ServingModel) -> None:
-        old = self._current
-        self._current = model  # one reference assignment: requests see old or new, never a mix
+        """Replace the mapping whole (caller holds the lock): requests see the old mapping or the
+        new one, and every other station's entry is the same object in both."""
+        identifier = model.pointer.identifier
+        old = self._models.get(identifier)
+        self._models = MappingProxyType({**self._models, identifier: model})
         self.swaps += 1
-        self.last_error = None
+        self._failures.pop(identifier, None)
+        self._failed_attempts.pop(identifier, None)
+        self._retry_at.pop(identifier, None)
         if self.metrics is not None:
             self.metrics.swaps.inc()
             self.metrics.model_ready.set(1)
+            self.metrics.models_loaded.set(len(self._models))
+            label = self.metrics.identifiers.admit(identifier)
             if old is not None:
-                self.metrics.model_info.remove(*self._info_labels(old))
-            self.metrics.model_info.labels(*self._info_labels(model)).set(1)
+                self.metrics.model_info.remove(*self._info_labels(old, label))
+            self.metrics.model_info.labels(*self._info_labels(model, label)).set(1)
         log.info(
             "model swapped in",
             extra={
+                "identifier": identifier,
                 "run_id": model.pointer.run_id,
                 "model_type": model.pointer.model_type.value,
                 "previous_run_id": old.pointer.run_id if old else None,
+                "stations_loaded": len(self._models),
             },
         )
 
     @staticmethod
-    def _info_labels(model: ServingModel) -> tuple[str, str, str, str]:
+    def _info_labels(model: ServingModel, identifier_label: str) -> tuple[str, str, str, str]:
         p = model.pointer
-        return (p.identifier, p.run_id, p.model_type.value, p.config_hash)
+        return (identifier_label, p.run_id, p.model_type.value, p.config_hash)
 
     def _on_load_failure(self, pointer: PromotionPointer, exc: Exception) -> None:
-        self._failed_attempts += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        identifier = pointer.identifier
+        error = f"{type(exc).__name__}: {exc}"[:500]
         if self.metrics is not None:
             self.metrics.load_failures.inc()
-        delay = self.backoff.delay(self._failed_attempts)
-        log.warning(
-            "model load failed; keeping the current model and retrying",
-            extra={"run_id": pointer.run_id, "error": self.last_error, "retry_in_s": delay},
-        )
         with self._changed:
-            # A newer promotion (offer resets the counter and notifies) cuts the wait short.
-            self._changed.wait(delay)
+            if self._wanted.get(identifier) is not pointer:
+                return  # superseded while loading: the newer champion has a clean slate
+            attempts = self._failed_attempts.get(identifier, 0) + 1
+            self._failed_attempts[identifier] = attempts
+            delay = self.backoff.delay(attempts)
+            self._retry_at[identifier] = time.monotonic() + delay
+            self._failures[identifier] = LoadFailure(pointer.run_id, error, datetime.now(UTC))
+        log.warning(
+            "model load failed; the station keeps its current model and the load is retried",
+            extra={"identifier": identifier, "run_id": pointer.run_id, "error": error, "retry_in_s": delay},
+        )
 
     # -- pointer poller --------------------------------------------------------------------------
     def _poll_loop(self) -> None:
@@ -329,21 +436,30 @@ class ModelManager:
             self._poll_now.clear()
 
     def _read_pointer(self, store: ObjectStore) -> None:
-        key = current_key(self.settings.IDENTIFIER)
-        try:
-            raw = store.get_bytes(self.settings.BUCKET_PROMOTION, key)
-        except ObjectNotFound:
-            self.pointer_checked.set()
-            log.debug("no live pointer yet", extra={"bucket": self.settings.BUCKET_PROMOTION, "key": key})
-            return
-        try:
-            pointer = decode_pointer(raw)
-        except PoisonMessage as exc:
-            self.pointer_checked.set()
-            log.error("live pointer is unreadable", extra={"key": key, "error": str(exc)})
-            return
+        """Offer every followed station's live pointer: the configured ones, or, with IDENTIFIERS
+        unset, every `<identifier>/current.json` in the bucket."""
+        bucket = self.settings.BUCKET_PROMOTION
+        stations = sorted(self._configured) if self._configured is not None else _stations(store, bucket)
+        for identifier in stations:
+            key = current_key(identifier)
+            try:
+                raw = store.get_bytes(bucket, key)
+            except ObjectNotFound:
+                log.debug("no live pointer yet", extra={"bucket": bucket, "key": key})
+                continue
+            try:
+                pointer = decode_pointer(raw)
+            except PoisonMessage as exc:
+                log.error("live pointer is unreadable", extra={"key": key, "error": str(exc)})
+                continue
+            if pointer.identifier != identifier:
+                log.error(
+                    "live pointer names another station; ignored",
+                    extra={"key": key, "identifier": pointer.identifier},
+                )
+                continue
+            self.offer(pointer, "s3")
         self.pointer_checked.set()
-        self.offer(pointer, "s3")
 
     # -- promotion consumer ----------------------------------------------------------------------
     def _consume_loop(self) -> None:
@@ -430,3 +546,18 @@ class ModelManager:
                 log.warning("could not file the dead letter", extra={**extra, "error": str(dlq_exc)})
             return
         self.offer(pointer, "kafka")
+
+
+def _stations(store: ObjectStore, bucket: str) -> list[str]:
+    """Every top-level folder of the promotion bucket (one per station): listed by delimiter,
+    so the promotion history under each folder, which only grows, is never enumerated."""
+    stations: list[str] = []
+    paginator = store.client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Delimiter="/"):
+            stations.extend(entry["Prefix"].rstrip("/") for entry in page.get("CommonPrefixes", []))
+    except ClientError as exc:
+        # No bucket yet means nothing was ever promoted, as a missing pointer does.
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise
+    return stations

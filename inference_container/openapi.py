@@ -18,6 +18,14 @@ PLAUSIBLE_RANGE_RULE = (
     f"{PLAUSIBLE_SPAN_FACTOR:g} times its training range (max - min)."
 )
 
+EXAMPLE_IDENTIFIER = "PobleSec"
+IDENTIFIER_RULE = (
+    "The station whose champion answers (`?identifier=` wins over this field). It may be omitted "
+    "while the service serves exactly one station; omitted with several served is 422. A station "
+    "not served here is 404 (`loaded` lists those that are); one with a champion whose model is "
+    "not loaded yet is 503 with Retry-After."
+)
+
 # The first ten rows of data/PobleSec_test.csv (Barcelona LTE, 2-minute steps): a real window.
 EXAMPLE_ROWS: tuple[tuple[Any, ...], ...] = (
     (
@@ -203,6 +211,12 @@ def predict_openapi(settings: InferenceSettings) -> dict[str, Any]:
         "type": "object",
         "required": ["data"],
         "properties": {
+            "identifier": {
+                "type": "string",
+                "minLength": 1,
+                "example": EXAMPLE_IDENTIFIER,
+                "description": IDENTIFIER_RULE,
+            },
             "data": {"oneOf": [columns_schema, records_schema]},
             "inference_length": {
                 "type": "integer",
@@ -231,6 +245,14 @@ def predict_openapi(settings: InferenceSettings) -> dict[str, Any]:
     return {
         "parameters": [
             {
+                "name": "identifier",
+                "in": "query",
+                "required": False,
+                "description": "The station; overrides the body's identifier",
+                "schema": {"type": "string", "minLength": 1},
+                "example": EXAMPLE_IDENTIFIER,
+            },
+            {
                 "name": "inference_length",
                 "in": "query",
                 "required": False,
@@ -252,12 +274,17 @@ def predict_openapi(settings: InferenceSettings) -> dict[str, Any]:
                     "schema": body_schema,
                     "examples": {
                         "one_step": {
-                            "summary": "Ten real rows, one step ahead",
+                            "summary": "Ten real rows, one step ahead (the station may be omitted "
+                            "while only one is served)",
                             "value": {"data": columns, "inference_length": 1},
                         },
                         "three_steps": {
                             "summary": "Ten real rows, three steps ahead (recursive)",
                             "value": {"data": columns, "inference_length": 3},
+                        },
+                        "named_station": {
+                            "summary": "Ten real rows of PobleSec, forecast by PobleSec's champion",
+                            "value": {"identifier": EXAMPLE_IDENTIFIER, "data": columns},
                         },
                     },
                 }
@@ -271,7 +298,7 @@ def predict_openapi(settings: InferenceSettings) -> dict[str, Any]:
                     "application/json": {
                         "example": {
                             "status": "SUCCESS",
-                            "identifier": "PobleSec",
+                            "identifier": EXAMPLE_IDENTIFIER,
                             "run_id": "0123456789abcdef0123456789abcdef",
                             "model_type": "GRU",
                             "config_hash": "0" * 64,
@@ -281,14 +308,38 @@ def predict_openapi(settings: InferenceSettings) -> dict[str, Any]:
                 },
             },
             "400": {"description": "Malformed JSON", "content": error_body},
+            "404": {
+                "description": "The named station is not served here; `loaded` lists those that are",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "status": {"type": "string", "enum": ["ERROR"]},
+                                "detail": {"type": "string"},
+                                "loaded": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                        "example": {
+                            "status": "ERROR",
+                            "detail": "unknown station 'Nowhere': this service serves ElBorn, PobleSec",
+                            "loaded": ["ElBorn", "PobleSec"],
+                        },
+                    }
+                },
+            },
             "413": {"description": "Body or row count above the limit", "content": error_body},
             "415": {"description": "Content-Type is not application/json", "content": error_body},
             "422": {
-                "description": "The window is invalid; the message names the problem. This includes a "
+                "description": "The window is invalid, or the station is omitted while several are "
+                "served (`loaded` lists them); the message names the problem. This includes a "
                 "KPI outside the served model's plausible range (the message names the column, the "
                 f"first offending row and the range). {PLAUSIBLE_RANGE_RULE}",
                 "content": error_body,
             },
-            "503": {"description": "No model loaded yet; see Retry-After", "content": error_body},
+            "503": {
+                "description": "The station (or every station) has no model loaded yet; see Retry-After",
+                "content": error_body,
+            },
         },
     }

@@ -6,19 +6,21 @@ object, dependency solving and exit stacks; measured figures there) and the Fast
 `inference_container.routes.predict`, which documents the operation and answers identically
 (with PREDICT_FAST_PATH off it answers every request).
 
-Per request: headers checked, body read with a size cap, orjson parse, numpy validation
-(inference_container.validation, including the served model's plausible KPI ranges), micro-batched
-forecast (clipped at the physical floor by the model runtime) with the `ServingModel` read once at
-the start (a swap mid-request cannot affect it), orjson response. No shared mutable state.
+Per request: the station -> model mapping read once (a swap mid-request, of this station or
+any other, cannot affect it), headers checked, body read with a size cap, orjson parse, the
+station resolved from `?identifier=` or the body's `"identifier"` (omitted: the only loaded
+station), numpy validation against that station's model (inference_container.validation,
+including its plausible KPI ranges), micro-batched forecast (clipped at the physical floor by the
+model runtime), orjson response. No shared mutable state.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -30,18 +32,41 @@ from inference_container.inference_log import InferenceLogWriter
 from inference_container.lifecycle import ModelManager, ServingModel
 from inference_container.settings import InferenceSettings
 from inference_container.telemetry import ServiceMetrics
-from inference_container.validation import Limits, RequestError, parse_json, parse_predict_request
+from inference_container.validation import (
+    Limits,
+    RequestError,
+    parse_json,
+    parse_predict_request,
+    requested_station,
+)
 from shared.data import KPI_COLUMNS
 
 log = logging.getLogger(__name__)
 
 JSON_TYPE = b"application/json"
-Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 BodyReader = Callable[[], Awaitable[bytes]]
+# Stations named in an error's detail; the complete list is in its "loaded" field.
+NAMED_IN_DETAIL = 20
+# Where the FastAPI /predict route leaves the station it answered for (the metrics label).
+STATION_SCOPE_KEY = "flts.identifier"
 
 
-def error_body(message: str) -> bytes:
-    return orjson.dumps({"status": "ERROR", "detail": message})
+class Reply(NamedTuple):
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]]
+    # The station that answered (None when the request never reached one): the metrics label.
+    identifier: str | None = None
+
+
+def error_body(message: str, fields: Mapping[str, Any] | None = None) -> bytes:
+    return orjson.dumps({"status": "ERROR", "detail": message, **(fields or {})})
+
+
+def station_list(identifiers: list[str]) -> str:
+    shown = ", ".join(identifiers[:NAMED_IN_DETAIL])
+    more = len(identifiers) - NAMED_IN_DETAIL
+    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def predictions_payload(model: ServingModel, last: np.datetime64, values: np.ndarray) -> list[dict[str, Any]]:
@@ -76,13 +101,19 @@ class PredictHandler:
         self.retry_after = [(b"retry-after", str(settings.RETRY_AFTER_S).encode())]
 
     async def __call__(self, headers: dict[bytes, bytes], query_string: bytes, read: BodyReader) -> Reply:
-        model = self.manager.current
-        if model is None:
-            return 503, error_body("no model is loaded yet; retry later"), self.retry_after
+        models = self.manager.models
+        if not models:
+            return Reply(503, error_body("no model is loaded yet; retry later"), self.retry_after)
+        station: str | None = None
         try:
             self._check_headers(headers)
             body = await read()
             query = parse_qs(query_string.decode("latin-1")) if query_string else {}
+            payload = parse_json(body)
+            # Named but unknown still labels the request's metrics (as _other, telemetry bounds it).
+            station = requested_station(payload, _last(query, "identifier"))
+            model = self._model_for(models, station)
+            station = model.pointer.identifier
             limits = Limits(
                 model.input_seq_len,
                 model.step,
@@ -91,19 +122,20 @@ class PredictHandler:
                 model.ranges,
             )
             parsed = parse_predict_request(
-                parse_json(body),
+                payload,
                 limits,
                 _last(query, "inference_length"),
                 _last(query, "index_col"),
             )
         except RequestError as exc:
-            return exc.status, error_body(exc.message), []
+            headers_out = self.retry_after if exc.status == 503 else []
+            return Reply(exc.status, error_body(exc.message, exc.fields), headers_out, station)
         # Every model type evaluates a window in well under a millisecond (Prophet's terms are
         # evaluated directly), so all of them go through the batcher on the event loop.
         values = await self.batcher.predict(model, parsed.timestamps, parsed.kpis, parsed.inference_length)
         if not np.isfinite(values).all():
             message = "the model's forecast is not finite for these values; are the KPIs in original units?"
-            return 422, error_body(message), []
+            return Reply(422, error_body(message), [], station)
         pointer = model.pointer
         predictions = predictions_payload(model, parsed.timestamps[-1], values)
         self.metrics.predictions.inc(len(predictions))
@@ -131,7 +163,31 @@ class PredictHandler:
             "config_hash": pointer.config_hash,
             "predictions": predictions,
         }
-        return 200, orjson.dumps(answer), []
+        return Reply(200, orjson.dumps(answer), [], station)
+
+    def _model_for(self, models: Mapping[str, ServingModel], identifier: str | None) -> ServingModel:
+        """The named station's model from the request's snapshot; omitted, the only one loaded."""
+        loaded = sorted(models)
+        if identifier is None:
+            if len(models) == 1:
+                return next(iter(models.values()))
+            raise RequestError(
+                422,
+                f"name the station: {len(loaded)} are served here ({station_list(loaded)}); send "
+                "'identifier' in the body or ?identifier=",
+                {"loaded": loaded},
+            )
+        model = models.get(identifier)
+        if model is not None:
+            return model
+        # Before the first read of the bucket every station is still unknown: not a client error.
+        if self.manager.knows(identifier) or not self.manager.pointer_checked.is_set():
+            raise RequestError(503, f"station {identifier[:100]!r} has no model loaded yet; retry later")
+        raise RequestError(
+            404,
+            f"unknown station {identifier[:100]!r}: this service serves {station_list(loaded)}",
+            {"loaded": loaded},
+        )
 
     def _check_headers(self, headers: dict[bytes, bytes]) -> None:
         content_type = headers.get(b"content-type")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from shared.settings.base import BaseServiceSettings
 
@@ -18,16 +21,25 @@ class InferenceSettings(BaseServiceSettings):
         le=64,
         description="Processes serving one pre-bound socket, each with its own model and consumer",
     )
-    IDENTIFIER: str | None = Field(
+    # NoDecode: a comma list in the environment, not the JSON pydantic-settings expects of a tuple.
+    IDENTIFIERS: Annotated[tuple[str, ...] | None, NoDecode] = Field(
         default=None,
-        description="Follow only this identifier's promotions; unset follows the global pointer",
+        description="Stations to serve (comma list); unset serves every station with a champion",
+    )
+    MAX_METRIC_IDENTIFIERS: int = Field(
+        default=200,
+        ge=1,
+        le=100_000,
+        description="Distinct identifier label values in /metrics; later stations count as _other",
     )
     MAX_INFERENCE_LENGTH: int = Field(default=720, ge=1, le=100_000, description="Largest forecast horizon")
     MAX_ROWS: int = Field(default=5000, ge=1, le=1_000_000, description="Most rows one request may carry")
     MAX_BODY_BYTES: int = Field(
         default=2_000_000, ge=1024, le=512_000_000, description="Largest request body accepted"
     )
-    RETRY_AFTER_S: int = Field(default=5, ge=1, le=3600, description="Retry-After sent while no model")
+    RETRY_AFTER_S: int = Field(
+        default=5, ge=1, le=3600, description="Retry-After sent while a station has no model loaded"
+    )
     MODEL_RELOAD_BACKOFF_S: float = Field(
         default=2.0, gt=0, le=300, description="First wait before retrying a failed model load"
     )
@@ -35,7 +47,10 @@ class InferenceSettings(BaseServiceSettings):
         default=30.0, gt=0, le=3600, description="Longest wait between retries of a failed model load"
     )
     POINTER_POLL_S: float = Field(
-        default=30.0, gt=0, le=3600, description="How often the live pointer is re-read from the bucket"
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How often the live pointers are re-read (and stations discovered) from the bucket",
     )
     MODEL_CACHE_DIR: str | None = Field(
         default=None, description="Where downloaded artifacts go (default: a temporary folder)"
@@ -59,10 +74,15 @@ class InferenceSettings(BaseServiceSettings):
         default=True, description="Answer POST /predict from raw ASGI messages, before FastAPI routing"
     )
 
-    @field_validator("IDENTIFIER")
+    @field_validator("IDENTIFIERS", mode="before")
     @classmethod
-    def _blank_is_unset(cls, value: str | None) -> str | None:
+    def _comma_list(cls, value: Any) -> Any:
+        """ "A, B,,A" -> ("A", "B"); blank is unset. A station name cannot hold "/": it is a key prefix."""
         if value is None:
             return None
-        value = value.strip()
-        return value or None
+        items = value.split(",") if isinstance(value, str) else list(value)
+        names = tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+        for name in names:
+            if "/" in name:
+                raise ValueError(f"identifier {name!r} must not contain '/'")
+        return names or None

@@ -33,12 +33,14 @@ _NUMBER_TYPES = frozenset({int, float})
 
 
 class RequestError(Exception):
-    """A client mistake: answered with `status` (4xx) and `message`."""
+    """A client mistake (or a station not loaded yet, 503): answered with `status`, `message` and
+    any extra `fields` of the error body."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, fields: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.fields = fields
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,27 @@ def parse_json(body: bytes) -> Any:
                 400, f"body is not valid JSON: NaN and Infinity are not JSON numbers ({text})"
             ) from None
         raise RequestError(400, f"body is not valid JSON: {text}") from None
+
+
+def requested_station(payload: Any, query_identifier: str | None) -> str | None:
+    """The station a request names: `?identifier=` wins over the body's "identifier"; None when
+    neither names one."""
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"body must be a JSON object with a 'data' field, got {_kind(payload)}")
+    if query_identifier is not None:
+        name = query_identifier.strip()
+        source = "query parameter identifier"
+    else:
+        value = payload.get("identifier")
+        if value is None:
+            return None
+        if type(value) is not str:
+            raise RequestError(422, f"'identifier' must be a station name (string), got {_kind(value)}")
+        name = value.strip()
+        source = "'identifier'"
+    if not name:
+        raise RequestError(422, f"{source} is empty; name a station or leave it out")
+    return name
 
 
 def parse_predict_request(

@@ -1,9 +1,11 @@
-"""Load test of the inference API with real windows from the test split.
+"""Load test of the inference API with real windows from the test split of each station.
 
-Each simulated user posts sliding windows of INPUT_SEQ_LEN consecutive rows of the test CSV
-(real timestamps, real KPIs, original units) to `POST /predict`, and now and then asks
-`GET /healthz`. Any answer on /predict other than a 200 with `inference_length` finite
-predictions counts as a failure, so a clean run is also the post-deploy smoke test.
+Each simulated user posts sliding windows of INPUT_SEQ_LEN consecutive rows of a station's test
+CSV (real timestamps, real KPIs, original units) to `POST /predict`, naming the station in the
+body's `"identifier"`, and now and then asks `GET /healthz`. A user takes the stations of
+LOCUST_DATASETS in turn, so the swarm spreads its forecasts evenly over them. Any answer on
+/predict other than a 200 with `inference_length` finite predictions for the station asked
+counts as a failure, so a clean run is also the post-deploy smoke test.
 
 Headless:  locust -f locust/locustfile.py --headless -u 10 -r 5 -t 30s --csv out/run --host http://127.0.0.1:8000
 Web mode:  locust -f locust/locustfile.py --host http://127.0.0.1:8000   (UI on :8089; POST /swarm
@@ -11,8 +13,10 @@ Web mode:  locust -f locust/locustfile.py --host http://127.0.0.1:8000   (UI on 
 
 Environment (all optional):
 | variable                  | default                              | meaning                               |
-| LOCUST_DATA_PATH          | <repo>/data/<LOCUST_DATASET>_test.csv | CSV with `time` + the 11 KPI columns  |
-| LOCUST_DATASET            | PobleSec                             | which dataset's test split            |
+| LOCUST_DATASETS           | LOCUST_DATASET                       | comma list of stations (datasets)     |
+| LOCUST_DATASET            | PobleSec                             | the station when LOCUST_DATASETS unset|
+| LOCUST_DATA_DIR           | (searched first)                     | folder of the `<name>_test.csv` files |
+| LOCUST_DATA_PATH          | <data dir>/<dataset>_test.csv        | one station's CSV (one station only)  |
 | LOCUST_INPUT_ROWS         | 10                                   | rows per request (>= INPUT_SEQ_LEN)   |
 | LOCUST_INFERENCE_LENGTH   | 1                                    | forecast horizon per request          |
 | LOCUST_HEALTH_WEIGHT      | 1                                    | task weight of GET /healthz           |
@@ -44,16 +48,25 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def data_path() -> Path:
+def stations() -> list[str]:
+    """The stations to load, each once, in the order given."""
+    names = os.environ.get("LOCUST_DATASETS") or _env("LOCUST_DATASET", "PobleSec")
+    return list(dict.fromkeys(name.strip() for name in names.split(",") if name.strip()))
+
+
+def data_path(dataset: str, several: bool) -> Path:
     explicit = os.environ.get("LOCUST_DATA_PATH")
     if explicit:
+        if several:
+            raise ValueError("LOCUST_DATA_PATH is one station's CSV; for several set LOCUST_DATA_DIR")
         return Path(explicit)
-    dataset = _env("LOCUST_DATASET", "PobleSec")
-    for root in (HERE.parent / "data", Path("/app/data"), Path.cwd() / "data"):
+    folder = os.environ.get("LOCUST_DATA_DIR")
+    roots = [Path(folder)] if folder else []
+    for root in (*roots, HERE.parent / "data", Path("/app/data"), Path.cwd() / "data"):
         candidate = root / f"{dataset}_test.csv"
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"no {dataset}_test.csv found; set LOCUST_DATA_PATH")
+    raise FileNotFoundError(f"no {dataset}_test.csv found; set LOCUST_DATA_DIR or LOCUST_DATA_PATH")
 
 
 def load_rows(path: Path) -> list[tuple[datetime, list[float]]]:
@@ -69,9 +82,11 @@ def load_rows(path: Path) -> list[tuple[datetime, list[float]]]:
     return rows
 
 
-def build_bodies(rows: list[tuple[datetime, list[float]]], window: int, horizon: int) -> list[bytes]:
+def build_bodies(
+    rows: list[tuple[datetime, list[float]]], window: int, horizon: int, identifier: str
+) -> list[bytes]:
     """Every sliding window of `window` consecutive rows that has no missing value and no gap
-    (the service rightly refuses those), serialized once up front."""
+    (the service rightly refuses those), for station `identifier`, serialized once up front."""
     bodies: list[bytes] = []
     for start in range(len(rows) - window + 1):
         part = rows[start : start + window]
@@ -82,14 +97,25 @@ def build_bodies(rows: list[tuple[datetime, list[float]]], window: int, horizon:
         data: dict[str, list[object]] = {"ts": [stamp.strftime("%Y-%m-%d %H:%M:%S") for stamp, _ in part]}
         for j, name in enumerate(KPI_COLUMNS):
             data[name] = [values[j] for _, values in part]
-        bodies.append(json.dumps({"data": data, "inference_length": horizon}).encode())
+        body = {"identifier": identifier, "data": data, "inference_length": horizon}
+        bodies.append(json.dumps(body).encode())
     if not bodies:
-        raise ValueError(f"no complete window of {window} rows in the data")
+        raise ValueError(f"no complete window of {window} rows in {identifier}'s data")
     return bodies
 
 
 INFERENCE_LENGTH = int(_env("LOCUST_INFERENCE_LENGTH", "1"))
-BODIES = build_bodies(load_rows(data_path()), int(_env("LOCUST_INPUT_ROWS", "10")), INFERENCE_LENGTH)
+_STATIONS = stations()
+# station -> its request bodies; the identifier is the dataset name, as the preprocess job sets it.
+BODIES = {
+    name: build_bodies(
+        load_rows(data_path(name, len(_STATIONS) > 1)),
+        int(_env("LOCUST_INPUT_ROWS", "10")),
+        INFERENCE_LENGTH,
+        name,
+    )
+    for name in _STATIONS
+}
 HEADERS = {"Content-Type": "application/json"}
 
 
@@ -99,13 +125,17 @@ class InferenceUser(FastHttpUser):
     wait_time = between(0.0, float(_env("LOCUST_WAIT_MAX_S", "0.05")))
 
     def on_start(self) -> None:
-        # Users start at different points of the test split, then slide forward row by row.
-        self._next = random.randrange(len(BODIES))
+        # Users start at different stations and points of each test split, then take the stations
+        # in turn and slide forward row by row in each.
+        self._stations = itertools.islice(itertools.cycle(_STATIONS), random.randrange(len(_STATIONS)), None)
+        self._next = {name: random.randrange(len(bodies)) for name, bodies in BODIES.items()}
 
     @task(int(_env("LOCUST_PREDICT_WEIGHT", "19")))
     def predict(self) -> None:
-        body = BODIES[self._next]
-        self._next = (self._next + 1) % len(BODIES)
+        station = next(self._stations)
+        bodies = BODIES[station]
+        body = bodies[self._next[station]]
+        self._next[station] = (self._next[station] + 1) % len(bodies)
         # FastHttpSession sends bytes as they are; its annotation just leaves bytes out.
         post = self.client.post("/predict", data=body, headers=HEADERS, catch_response=True)  # type: ignore[arg-type]
         with post as response:
@@ -118,7 +148,9 @@ class InferenceUser(FastHttpUser):
             except (ValueError, KeyError, TypeError) as exc:
                 response.failure(f"unreadable answer: {exc}")
                 return
-            if answer.get("status") != "SUCCESS" or len(predictions) != INFERENCE_LENGTH:
+            if answer.get("identifier", station) != station:
+                response.failure(f"asked for {station}, answered for {answer.get('identifier')}")
+            elif answer.get("status") != "SUCCESS" or len(predictions) != INFERENCE_LENGTH:
                 response.failure(f"expected {INFERENCE_LENGTH} predictions, got {len(predictions)}")
             elif not all(math.isfinite(p[name]) for p in predictions for name in KPI_COLUMNS):
                 response.failure("a prediction is not finite")

@@ -8,6 +8,7 @@ from fastapi.responses import Response
 
 from inference_container.deps import PredictHandlerDep
 from inference_container.openapi import predict_openapi
+from inference_container.predict import STATION_SCOPE_KEY
 from inference_container.settings import InferenceSettings
 
 
@@ -23,10 +24,10 @@ def router_for(settings: InferenceSettings) -> APIRouter:
     )
     async def predict(request: Request, handler: PredictHandlerDep) -> Response:
         scope = request.scope
-        status, body, extra = await handler(
-            dict(scope["headers"]), scope["query_string"], handler.body_reader(request.receive)
-        )
-        headers = {name.decode(): value.decode() for name, value in extra}
-        return Response(body, status, headers=headers, media_type="application/json")
+        read = handler.body_reader(request.receive)
+        reply = await handler(dict(scope["headers"]), scope["query_string"], read)
+        scope[STATION_SCOPE_KEY] = reply.identifier
+        headers = {name.decode(): value.decode() for name, value in reply.headers}
+        return Response(reply.body, reply.status, headers=headers, media_type="application/json")
 
     return predict_router

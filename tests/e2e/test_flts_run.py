@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ import pandas as pd
 import psutil
 
 from flts_cli.stack import StackConfig
+from shared.columns import KPI_COLUMNS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SMALL_SAMPLE = [
@@ -28,6 +32,7 @@ SMALL_SAMPLE = [
     "--no-skill-gate",
 ]
 STACK_VARIABLES = ("KAFKA_", "MLFLOW_", "AWS_")
+STEP = pd.Timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -124,8 +129,12 @@ def test_new_salt_promotes_a_second_config_hash_and_same_salt_reuses_processed_d
 def test_failing_stage_exits_1_names_the_stage_in_report_and_terminal_and_stops_every_service(
     tmp_path: Path, service_env: dict[str, str]
 ) -> None:
-    # No data/NoSuchSite.csv: the preprocess job refuses, after every service has started.
-    failed = run_flts(tmp_path / "failed", service_env, *SMALL_SAMPLE, "--dataset", "NoSuchSite")
+    # A dataset without a single KPI column: the preprocess job refuses, after every service started.
+    dataset = f"Broken{uuid.uuid4().hex[:6]}"
+    for name in (f"{dataset}.csv", f"{dataset}_test.csv"):
+        (tmp_path / name).write_text("time\n2019-01-12 17:00:00\n")
+    env = {**service_env, "DATA_DIR": str(tmp_path)}
+    failed = run_flts(tmp_path / "failed", env, *SMALL_SAMPLE, "--dataset", dataset)
 
     assert failed.returncode == 1
     report = failed.report
@@ -190,4 +199,87 @@ def test_refusal_fails_the_run_within_seconds_with_the_reason_in_stderr_and_repo
     assert "val_rmse_down:" in refused.stderr and "vs persistence 0 FAIL" in refused.stderr
     text = (tmp_path / "refused" / "report.md").read_text()
     assert "## Decision: refused" in text and "| GRU |" in text
+    assert_no_service_left(report)
+
+
+def test_unknown_dataset_exits_2_at_once_naming_the_available_ones() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "flts_cli.main", "run", "--dataset", "PobleSec,NoSuchSite"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2, completed.stderr
+    assert (
+        "unknown dataset NoSuchSite" in completed.stderr and "ElBorn, LesCorts, PobleSec" in completed.stderr
+    )
+
+
+FLEET = ("PobleSec", "LesCorts", "ElBorn")
+
+
+def window_body(station: str, rows: int = 10) -> dict[str, Any]:
+    """A /predict body for `station`: the first window of its test split with no gap or hole."""
+    test = pd.read_csv(REPO_ROOT / "data" / f"{station}_test.csv", nrows=400, parse_dates=["time"])
+    for start in range(len(test) - rows):
+        part = test.iloc[start : start + rows]
+        if part[list(KPI_COLUMNS)].notna().all().all() and (part["time"].diff().dropna() == STEP).all():
+            data: dict[str, Any] = {"ts": part["time"].dt.strftime("%Y-%m-%d %H:%M:%S").tolist()}
+            data.update({name: part[name].astype(float).tolist() for name in KPI_COLUMNS})
+            return {"identifier": station, "data": data, "inference_length": 1}
+    raise AssertionError(f"no complete window in {station}_test.csv")
+
+
+def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+        return answer
+
+
+def test_fleet_of_three_stations_goes_live_and_each_answers_with_its_own_run(tmp_path: Path) -> None:
+    # Its own embedded stack; one model type keeps three stations within the CI budget.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(STACK_VARIABLES)}
+    report_dir = tmp_path / "fleet"
+    argv = [sys.executable, "-m", "flts_cli.main", "run", "--report-dir", str(report_dir)]
+    argv += ["--dataset", ",".join(FLEET), *SMALL_SAMPLE, "--model-types", "GRU"]
+    # --keep-running leaves the stack up after the report, so /predict can be asked per station.
+    argv += ["--load-duration", "8s", "--load-users", "3", "--keep-running"]
+    with (tmp_path / "output.txt").open("w") as output:
+        runner = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while not (report_dir / "report.md").exists():
+            assert runner.poll() is None, (tmp_path / "output.txt").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no report within 600 s"
+            time.sleep(1)
+        report: dict[str, Any] = json.loads((report_dir / "report.json").read_text())
+        assert report["status"] == "ok", (report.get("error"), (tmp_path / "output.txt").read_text()[-3000:])
+        fleet = report["fleet"]
+        assert fleet["live"] == list(FLEET) and fleet["promoted"] == list(FLEET), fleet
+        assert (fleet["refused"], fleet["failed"]) == ({}, {})
+        assert fleet["trigger_to_all_live_seconds"] == report["trigger_to_live_seconds"] > 0
+        run_ids = {name: report["stations"][name]["promoted"]["run_id"] for name in FLEET}
+        assert len(set(run_ids.values())) == 3, run_ids
+        assert report["load_test"]["stations"] == list(FLEET) and report["load_test"]["failures"] == 0
+        assert report["load_test"]["requests"] > 0
+        # Each station's claims, trainings and preprocess log are its own.
+        hashes = {report["stations"][name]["config_hash"] for name in FLEET}
+        assert len(hashes) == 3
+        for name in FLEET:
+            assert (report_dir / "logs" / f"preprocess-{name}.log").exists(), name
+        url = report["stages"]["services"]["detail"]["inference_url"]
+        for name in FLEET:
+            answer = post_json(f"{url}/predict", window_body(name))
+            assert (answer["identifier"], answer["run_id"]) == (name, run_ids[name]), answer
+            assert len(answer["predictions"]) == 1
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(timeout=90) == 0
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
     assert_no_service_left(report)

@@ -145,7 +145,7 @@ def serving(stack: StackConfig, object_store: ObjectStore) -> Iterator[tuple[Tes
     ensure_topics(stack.kafka_bootstrap, [topic])
     env: dict[str, Any] = {
         **stack.service_env(),
-        "IDENTIFIER": IDENTIFIER,
+        "IDENTIFIERS": IDENTIFIER,
         "BUCKET_PROMOTION": bucket,
         "TOPIC_MODEL_SELECTED": topic,
         "POINTER_POLL_S": "0.5",

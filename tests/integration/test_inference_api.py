@@ -65,7 +65,7 @@ def client(
     write_pointer(object_store, make_pointer(logged, identifier))
     settings = settings_for(
         stack,
-        IDENTIFIER=identifier,
+        IDENTIFIERS=identifier,
         MAX_BODY_BYTES=200_000,
         MAX_ROWS=500,
         MAX_INFERENCE_LENGTH=48,
@@ -207,14 +207,16 @@ def test_oversized_body_is_413_by_declared_length_and_while_streaming(client: Te
     assert response.status_code == 413
 
 
-def test_health_model_and_metrics_describe_the_served_model(client: TestClient, logged: LoggedModel) -> None:
+def test_health_model_and_metrics_describe_the_served_model(
+    client: TestClient, logged: LoggedModel, identifier: str
+) -> None:
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["service"] == "inference-api" and health["model_ready"] is True
     assert "queue_length" in health
     model = client.get("/model").json()
     assert model["run_id"] == logged.run_id and model["input_seq_len"] == 10 and model["step_seconds"] == 120
     metrics = client.get("/metrics").text
-    assert 'inference_requests_total{route="/predict",status="200"}' in metrics
+    assert f'inference_requests_total{{identifier="{identifier}",route="/predict",status="200"}}' in metrics
     assert f'run_id="{logged.run_id}"' in metrics
     assert "inference_request_seconds_bucket" in metrics
 
@@ -240,7 +242,7 @@ def test_without_a_model_readyz_and_predict_answer_503_with_retry_after(
     stack: StackConfig, test_split: pd.DataFrame
 ) -> None:
     settings = settings_for(
-        stack, IDENTIFIER="nobody-promoted-this", TOPIC_MODEL_SELECTED="model-selected-none"
+        stack, IDENTIFIERS="nobody-promoted-this", TOPIC_MODEL_SELECTED="model-selected-none"
     )
     with TestClient(create_app(settings)) as c:
         assert c.get("/healthz").json()["model_ready"] is False
@@ -357,7 +359,7 @@ def test_values_from_exactly_zero_up_to_the_ceiling_are_forecast_never_below_zer
         zeros["data"][name] = [0.0] * 10
     app = client.app
     assert isinstance(app, FastAPI)
-    served = app_state(app).manager.current
+    served = next(iter(app_state(app).manager.models.values()), None)
     assert served is not None
     np.testing.assert_allclose(served.ranges.high, _ceilings(logged), rtol=1e-12)
     at_ceiling = window_body(test_split, 0)
@@ -375,7 +377,7 @@ def route_client(stack: StackConfig, client: TestClient, identifier: str) -> Ite
     """The same model served with PREDICT_FAST_PATH off: every request through the FastAPI route."""
     settings = settings_for(
         stack,
-        IDENTIFIER=identifier,
+        IDENTIFIERS=identifier,
         MAX_BODY_BYTES=200_000,
         MAX_ROWS=500,
         MAX_INFERENCE_LENGTH=48,
@@ -435,7 +437,8 @@ def falling(
         patch.setattr(inference_support, "build_model", _falling_model)
         logged = log_model_run(stack, tmp_path_factory.mktemp("falling"), identifier=identifier, seed=3)
     write_pointer(object_store, make_pointer(logged, identifier))
-    settings = settings_for(stack, IDENTIFIER=identifier, TOPIC_MODEL_SELECTED=f"model-selected-{identifier}")
+    topic = f"model-selected-{identifier}"
+    settings = settings_for(stack, IDENTIFIERS=identifier, TOPIC_MODEL_SELECTED=topic)
     with TestClient(create_app(settings)) as test_client:
         wait_until(lambda: test_client.get("/readyz").status_code == 200, 60, "the model to load")
         yield test_client, logged

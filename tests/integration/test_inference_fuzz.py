@@ -61,7 +61,7 @@ def fuzz_client(
     write_pointer(object_store, make_pointer(logged, identifier))
     values: dict[str, Any] = {
         **stack.service_env(),
-        "IDENTIFIER": identifier,
+        "IDENTIFIERS": identifier,
         "TOPIC_MODEL_SELECTED": f"model-selected-{identifier}",
         **LIMITS,
     }
@@ -187,7 +187,7 @@ def test_any_window_within_the_plausible_range_is_forecast_with_no_negative_kpi(
     body, fractions, horizon = window
     app = fuzz_client.app
     assert isinstance(app, FastAPI)
-    served = app_state(app).manager.current
+    served = next(iter(app_state(app).manager.models.values()), None)
     assert served is not None
     values = np.asarray(fractions) * served.ranges.high
     for j, name in enumerate(KPI_COLUMNS):

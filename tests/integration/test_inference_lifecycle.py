@@ -86,7 +86,7 @@ def replicas(
     ensure_topics(stack.kafka_bootstrap, [topic])
     env = {
         **service_env,
-        "IDENTIFIER": identifier,
+        "IDENTIFIERS": identifier,
         "TOPIC_MODEL_SELECTED": topic,
         # Only Kafka may bring the model in this test: the pointer is never written to S3.
         "POINTER_POLL_S": "600",
@@ -174,7 +174,11 @@ def test_both_replicas_become_ready_then_swap_on_one_promotion_without_losing_a_
 def test_a_failed_load_keeps_the_old_model_and_is_retried_until_it_succeeds(
     stack: StackConfig, models: list[LoggedModel], identifier: str
 ) -> None:
-    values: dict[str, Any] = {**stack.service_env(), "IDENTIFIER": identifier, "MODEL_RELOAD_BACKOFF_S": 0.05}
+    values: dict[str, Any] = {
+        **stack.service_env(),
+        "IDENTIFIERS": identifier,
+        "MODEL_RELOAD_BACKOFF_S": 0.05,
+    }
     settings = InferenceSettings(**values)
     manager = ModelManager(settings)
     failures_left = [2]
@@ -192,13 +196,12 @@ def test_a_failed_load_keeps_the_old_model_and_is_retried_until_it_succeeds(
     loader.start()
     try:
         manager.offer(make_pointer(models[0], identifier, age_s=10), "test")
-        wait_until(lambda: manager.current is not None, 30, "the first model")
+        wait_until(lambda: identifier in manager.models, 30, "the first model")
         manager.offer(make_pointer(models[1], identifier), "test")
         wait_until(lambda: manager.last_error is not None, 30, "a failed load")
-        current = manager.current
-        assert current is not None and current.pointer.run_id == models[0].run_id
+        assert manager.models[identifier].pointer.run_id == models[0].run_id
         wait_until(
-            lambda: manager.current is not None and manager.current.pointer.run_id == models[1].run_id,
+            lambda: manager.models[identifier].pointer.run_id == models[1].run_id,
             30,
             "the retried load to succeed",
         )
@@ -208,6 +211,14 @@ def test_a_failed_load_keeps_the_old_model_and_is_retried_until_it_succeeds(
 
 
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "locust" / "locustfile.py"
+
+
+@pytest.fixture
+def locust_env(service_env: dict[str, str], identifier: str) -> dict[str, str]:
+    """Locust names the station in every request: this module's station, with PobleSec's windows
+    (its models were fitted on PobleSec)."""
+    csv_path = Path(__file__).resolve().parents[2] / "data" / "PobleSec_test.csv"
+    return {**service_env, "LOCUST_DATASET": identifier, "LOCUST_DATA_PATH": str(csv_path)}
 
 
 @pytest.fixture
@@ -226,7 +237,7 @@ def served_replica(
 
 
 def test_locust_headless_run_of_real_windows_has_no_failures(
-    served_replica: Replica, service_env: dict[str, str], tmp_path: Path
+    served_replica: Replica, locust_env: dict[str, str], tmp_path: Path
 ) -> None:
     prefix = tmp_path / "run"
     argv = [str(Path(sys.executable).parent / "locust"), "-f", str(LOCUSTFILE), "--headless"]
@@ -243,7 +254,7 @@ def test_locust_headless_run_of_real_windows_has_no_failures(
         served_replica.url,
         "--only-summary",
     ]
-    done = subprocess.run(argv, env=service_env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(argv, env=locust_env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     with open(f"{prefix}_stats.csv", newline="") as handle:
         rows = {row["Name"]: row for row in csv.DictReader(handle)}
@@ -253,12 +264,12 @@ def test_locust_headless_run_of_real_windows_has_no_failures(
 
 
 def test_locust_web_mode_is_driven_by_swarm_stats_and_stop(
-    served_replica: Replica, service_env: dict[str, str], tmp_path: Path
+    served_replica: Replica, locust_env: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()
     argv = [str(Path(sys.executable).parent / "locust"), "-f", str(LOCUSTFILE), "--host", served_replica.url]
     argv += ["--web-host", "127.0.0.1", "--web-port", str(port)]
-    locust = ServiceProcess(argv, service_env, tmp_path / "locust.log").start()
+    locust = ServiceProcess(argv, locust_env, tmp_path / "locust.log").start()
     web = f"http://127.0.0.1:{port}"
     try:
 

@@ -125,7 +125,7 @@ def client(
     write_pointer(object_store, pointer)
     env: dict[str, Any] = {
         **stack.service_env(),
-        "IDENTIFIER": identifier,
+        "IDENTIFIERS": identifier,
         "INFERENCE_LOG_ENABLED": "false",
         "TOPIC_MODEL_SELECTED": f"model-selected-{identifier}",
     }

@@ -48,7 +48,7 @@ def server(
     port = free_port()
     env = {
         **service_env,
-        "IDENTIFIER": identifier,
+        "IDENTIFIERS": identifier,
         "BUCKET_PROMOTION": bucket,
         "TOPIC_MODEL_SELECTED": unique("model-selected"),
         "INFERENCE_HOST": "127.0.0.1",

@@ -87,7 +87,7 @@ def test_mlflow_outage_keeps_predictions_flowing_and_a_promotion_during_it_is_ap
         **os.environ,
         **cfg.service_env(),
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-        "IDENTIFIER": identifier,
+        "IDENTIFIERS": identifier,
         "TOPIC_MODEL_SELECTED": topic,
         "INFERENCE_HOST": "127.0.0.1",
         "INFERENCE_PORT": str(port),
@@ -119,7 +119,7 @@ def test_mlflow_outage_keeps_predictions_flowing_and_a_promotion_during_it_is_ap
         assert http_status(cfg.mlflow_url + "/health") == 0
         time.sleep(2)
         producer.publish(topic, identifier, make_pointer(second, identifier))
-        wait_until(lambda: model().get("pending_run_id") == second.run_id, 30, "the promotion to be wanted")
+        wait_until(lambda: model()["pending"] == {identifier: second.run_id}, 30, "the promotion wanted")
         wait_until(lambda: model().get("last_error"), 30, "a failed load while MLflow is down")
         time.sleep(3)
         assert model()["run_id"] == first.run_id  # still serving the loaded model
@@ -155,7 +155,7 @@ def test_s3_down_at_start_is_not_ready_then_ready_once_s3_appears(
     env = {
         **service_env,
         "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",  # nothing listens there yet
-        "IDENTIFIER": identifier,
+        "IDENTIFIERS": identifier,
         "TOPIC_MODEL_SELECTED": unique("model-selected"),
         "INFERENCE_HOST": "127.0.0.1",
         "INFERENCE_PORT": str(port),

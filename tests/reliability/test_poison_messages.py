@@ -236,7 +236,7 @@ def test_inference_dead_letters_every_poison_promotion_keeps_serving_and_applies
     port = free_port()
     env = {
         **service_env,
-        "IDENTIFIER": identifier,
+        "IDENTIFIERS": identifier,
         "TOPIC_MODEL_SELECTED": topic,
         "BUCKET_PROMOTION": unique("promotion"),
         "INFERENCE_HOST": "127.0.0.1",

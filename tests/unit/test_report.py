@@ -68,7 +68,7 @@ def test_failed_run_report_names_the_failing_stage() -> None:
 
 def options() -> RunOptions:
     return RunOptions(
-        dataset="LesCorts",
+        datasets=("LesCorts",),
         sample_train_rows=None,
         sample_test_rows=None,
         salt="",
@@ -130,7 +130,8 @@ def test_refused_run_reports_the_decision_with_every_check_in_json_and_markdown(
     run.stages["evaluation"] = Stage(
         "evaluation", status="failed", seconds=0.4, error=refusal_message(refusal())
     )
-    run.decision = refusal()
+    run.stations["LesCorts"].decision = refusal()
+    run.stations["LesCorts"].failed = StageFailed("evaluation", refusal_message(refusal()))
     run.failed = StageFailed("evaluation", refusal_message(refusal()))
 
     report = build_report(run, client=None, total_seconds=30.0)

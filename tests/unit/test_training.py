@@ -331,10 +331,10 @@ def test_unreachable_mlflow_is_retried_then_reported_failed_and_left_to_the_loop
         stop=threading.Event(),
     )
     with pytest.raises(TransientError, match="after 3 attempts"):
-        service.handle(claim_for(), MessageContext("training-data", 0, 7, "a" * 64))
+        service.handle(claim_for(), MessageContext("training-data", 0, 7, "PobleSec"))
     assert len(producer.sent) == 1
     topic, key, event = producer.sent[0]
-    assert topic == "model-training" and key == "a" * 64
+    assert topic == "model-training" and key == "PobleSec"  # keyed by station
     assert isinstance(event, TrainingEvent)
     assert event.status == TrainingStatus.FAILED and event.model_type.value == "LSTM"
     assert "MLflow unreachable" in (event.error or "")

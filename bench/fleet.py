@@ -1,0 +1,308 @@
+"""Benchmark: a fleet of N stations through one pipeline and one inference process.
+
+For each N in --stations (default 3,30,100), on a fresh embedded stack (broker, S3, MLflow):
+1. N datasets in a temporary data folder: the three real stations and N-3 synthetic ones, named
+   `syn<k>-<source>` so they are never mistaken for real cells. A synthetic station is a copy of a
+   real one with its traffic volumes (`down`, `up`) rescaled by a seeded factor in [0.5, 2] and its
+   timestamps shifted by a whole number of days. Every station, real ones included, is cut to the
+   same length (--train-rows of the train CSV's tail, --test-rows of the test CSV's head) so a
+   run stays within minutes;
+2. the services as processes, as `flts run` starts them: one trainer per model type
+   (--model-types), the evaluator expecting those types, one inference process (one worker)
+   following every station;
+3. trigger: the preprocess job once per station (its code, in this process, one run per station
+   as a Job per station would), all claims published in a burst;
+4. wait until every station is decided (promoted or refused) and every promoted one is served at
+   its promoted run (inference `GET /model`);
+5. measure: trigger -> all decided and live; trainer throughput (stations per minute of that
+   span); inference RSS (before any model, and with N loaded); then wrk, --connections
+   connections for --duration seconds, POSTs spread round robin over every live station (each
+   body names its station); failures = non-2xx + socket errors.
+
+The last line says whether the targets hold at the largest N run: served from one inference
+process under 600 MiB RSS, >= 1,500 req/s at p99 <= 30 ms over all stations, 0 failures.
+
+    .venv/bin/python bench/fleet.py [--stations 3,30,100] [--model-types GRU,LSTM,PROPHET]
+        [--train-rows 2000] [--test-rows 400] [--epochs 3] [--duration 15] [--connections 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import support
+from flts_cli.stack import LocalStack, StackConfig, free_port, free_ports
+from preprocess_container.job import ensure_job_topics, run_job
+from preprocess_container.settings import PreprocessSettings
+from shared.data import KPI_COLUMNS
+from shared.events import DecisionOutcome, PromotionDecision
+from shared.kafka import EventProducer
+from shared.promotion import latest_decision
+from shared.storage import ObjectStore
+
+REAL_STATIONS = ("PobleSec", "LesCorts", "ElBorn")
+TRAINER_MODULES = {"GRU": "train_container", "LSTM": "train_container", "PROPHET": "nonml_container"}
+WINDOW_ROWS = 10
+BODIES_PER_STATION = 4
+TARGET_RSS_MIB = 600.0
+TARGET_RPS = 1500.0
+TARGET_P99_S = 0.030
+
+
+@dataclass
+class FleetResult:
+    stations: int
+    trigger_to_live_s: float = math.nan
+    stations_per_minute: float = math.nan
+    promoted: dict[str, int] = field(default_factory=dict)
+    refused: list[str] = field(default_factory=list)
+    rss_empty_mib: float = math.nan
+    rss_loaded_mib: float = math.nan
+    load: dict[str, Any] = field(default_factory=dict)
+
+
+def make_datasets(folder: Path, count: int, train_rows: int, test_rows: int, seed: int) -> list[str]:
+    """`count` station CSV pairs in `folder`; returns their names, real stations first."""
+    rng = random.Random(seed)
+    sources = {
+        name: (
+            pd.read_csv(support.DATA / f"{name}.csv").tail(train_rows),
+            pd.read_csv(support.DATA / f"{name}_test.csv").head(test_rows),
+        )
+        for name in REAL_STATIONS
+    }
+    names: list[str] = []
+    for k in range(count):
+        source = REAL_STATIONS[k % len(REAL_STATIONS)]
+        train, test = sources[source]
+        if k < len(REAL_STATIONS):
+            name = source
+        else:
+            name = f"syn{k:03d}-{source}"
+            factor = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+            shift = pd.Timedelta(days=rng.randint(1, 60))
+            train, test = (_synthetic(frame, factor, shift) for frame in (train, test))
+        train.to_csv(folder / f"{name}.csv", index=False)
+        test.to_csv(folder / f"{name}_test.csv", index=False)
+        names.append(name)
+    return names
+
+
+def _synthetic(frame: pd.DataFrame, factor: float, shift: pd.Timedelta) -> pd.DataFrame:
+    out = frame.copy()
+    for column in ("down", "up"):
+        out[column] = out[column] * factor
+    out["time"] = (pd.to_datetime(out["time"]) + shift).dt.strftime("%Y-%m-%d %H:%M:%S")
+    return out
+
+
+def trigger(names: list[str], env: dict[str, str], data_dir: Path, store: ObjectStore) -> dict[str, str]:
+    """The preprocess job for every station; returns station -> config hash."""
+    base = {**env, "DATA_DIR": str(data_dir), "EXTRA_HASH_SALT": "fleet-bench"}
+    first = PreprocessSettings.model_validate({**base, "DATASET_NAME": names[0]})
+    ensure_job_topics(first)
+    producer = EventProducer(first.KAFKA_BOOTSTRAP_SERVERS, client_id="bench-fleet")
+    hashes: dict[str, str] = {}
+    try:
+        for name in names:
+            settings = PreprocessSettings.model_validate({**base, "DATASET_NAME": name})
+            hashes[name] = run_job(settings, store, producer).config_hash
+    finally:
+        producer.close()
+    return hashes
+
+
+def wait_decided_and_live(
+    inference_url: str, store: ObjectStore, hashes: dict[str, str], timeout_s: float
+) -> dict[str, PromotionDecision]:
+    deadline = time.monotonic() + timeout_s
+    decided: dict[str, PromotionDecision] = {}
+    while time.monotonic() < deadline:
+        for name, config_hash in hashes.items():
+            if name not in decided:
+                decision = latest_decision(store, "model-promotion", name, config_hash)
+                if decision is not None:
+                    decided[name] = decision
+        if len(decided) == len(hashes):
+            promoted = {n: d.run_id for n, d in decided.items() if d.decision is DecisionOutcome.PROMOTED}
+            status, info = support.http_json(f"{inference_url}/model")
+            served = info.get("models", {}) if status == 200 and isinstance(info, dict) else {}
+            if all(served.get(n, {}).get("run_id") == run_id for n, run_id in promoted.items()):
+                return decided
+        time.sleep(1.0)
+    missing = sorted(set(hashes) - set(decided))
+    raise RuntimeError(f"not decided and live within {timeout_s:.0f}s; undecided: {missing[:10]}")
+
+
+def bodies_for(names: list[str], data_dir: Path) -> list[bytes]:
+    """BODIES_PER_STATION windows per station, interleaved so round robin spreads them evenly."""
+    per_station: list[list[bytes]] = []
+    for name in names:
+        test = pd.read_csv(data_dir / f"{name}_test.csv").dropna()
+        bodies = []
+        for b in range(BODIES_PER_STATION):
+            window = test.iloc[b * WINDOW_ROWS : (b + 1) * WINDOW_ROWS]
+            data: dict[str, list[Any]] = {"ts": window["time"].tolist()}
+            for column in KPI_COLUMNS:
+                data[column] = window[column].astype(float).tolist()
+            body = {"identifier": name, "data": data, "inference_length": 1}
+            bodies.append(json.dumps(body).encode())
+        per_station.append(bodies)
+    return [bodies[b] for b in range(BODIES_PER_STATION) for bodies in per_station]
+
+
+def rss_mib(pid: int) -> float:
+    process = psutil.Process(pid)
+    total = process.memory_info().rss + sum(c.memory_info().rss for c in process.children(recursive=True))
+    return float(total) / 2**20
+
+
+def run_fleet(count: int, args: argparse.Namespace, workdir: Path) -> FleetResult:
+    result = FleetResult(stations=count)
+    data_dir = workdir / f"data-{count}"
+    data_dir.mkdir()
+    names = make_datasets(data_dir, count, args.train_rows, args.test_rows, seed=count)
+    kafka_port, s3_port, mlflow_port = free_ports(3)
+    config = StackConfig(
+        kafka_port=kafka_port, s3_port=s3_port, mlflow_port=mlflow_port, state_dir=workdir / f"stack-{count}"
+    )
+    stack = LocalStack(config)
+    stack.start()
+    try:
+        env = {**os.environ, **config.service_env(), "PYTHONPATH": str(support.REPO), "LOG_LEVEL": "WARNING"}
+        store = ObjectStore(config.s3_url, config.access_key, config.secret_key)
+        inference_port, eval_port = free_port(), free_port()
+        inference_url = f"http://127.0.0.1:{inference_port}"
+        with ExitStack() as services:
+            for model_type in args.model_types:
+                services.enter_context(
+                    support.process(
+                        [sys.executable, "-m", TRAINER_MODULES[model_type]],
+                        {**env, "MODEL_TYPE": model_type, "EPOCHS": str(args.epochs)},
+                        workdir / f"train-{model_type}-{count}.log",
+                    )
+                )
+            services.enter_context(
+                support.process(
+                    [sys.executable, "-m", "eval_container"],
+                    {
+                        **env,
+                        "HEALTH_PORT": str(eval_port),
+                        "EXPECTED_MODEL_TYPES": ",".join(args.model_types),
+                    },
+                    workdir / f"evaluator-{count}.log",
+                )
+            )
+            inference_log = workdir / f"inference-{count}.log"
+            inference = services.enter_context(
+                support.process(
+                    [sys.executable, "-m", "inference_container"],
+                    {**env, "INFERENCE_HOST": "127.0.0.1", "INFERENCE_PORT": str(inference_port)},
+                    inference_log,
+                )
+            )
+            support.wait_ready(
+                lambda: support.answers_200(f"{inference_url}/healthz"), inference, 120, inference_log
+            )
+            result.rss_empty_mib = rss_mib(inference.pid)
+            started = time.monotonic()
+            hashes = trigger(names, env, data_dir, store)
+            decided = wait_decided_and_live(inference_url, store, hashes, args.timeout)
+            result.trigger_to_live_s = time.monotonic() - started
+            result.stations_per_minute = count / (result.trigger_to_live_s / 60.0)
+            result.promoted = dict(
+                Counter(
+                    d.model_type.value for d in decided.values() if d.decision == "promoted" and d.model_type
+                )
+            )
+            result.refused = sorted(n for n, d in decided.items() if d.decision != "promoted")
+            live = [n for n in names if n not in result.refused]
+            time.sleep(2.0)  # let the last swap's garbage go before reading the footprint
+            result.rss_loaded_mib = rss_mib(inference.pid)
+            bodies = bodies_for(live, data_dir)
+            support.run_wrk(f"{inference_url}/predict", bodies, args.connections, 3, args.threads, workdir)
+            result.load = support.run_wrk(
+                f"{inference_url}/predict", bodies, args.connections, args.duration, args.threads, workdir
+            )
+            result.load["stations"] = len(live)
+    finally:
+        stack.stop()
+    return result
+
+
+def describe(result: FleetResult) -> str:
+    load = result.load
+    promoted = ", ".join(f"{t} {n}" for t, n in sorted(result.promoted.items())) or "none"
+    return (
+        f"N={result.stations:>3}  trigger->all live {result.trigger_to_live_s:7.1f} s  "
+        f"trainers {result.stations_per_minute:5.1f} stations/min  champions: {promoted}; "
+        f"refused {len(result.refused)}  inference RSS {result.rss_empty_mib:.0f} MiB empty -> "
+        f"{result.rss_loaded_mib:.0f} MiB with {result.stations - len(result.refused)} models  "
+        f"load over {load.get('stations', 0)} stations: {load.get('rps', 0):.0f} req/s "
+        f"p50 {load.get('p50', 0) * 1000:.1f} ms p99 {load.get('p99', 0) * 1000:.1f} ms "
+        f"failures {load.get('failures', 0)}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--stations", default="3,30,100", help="comma list of fleet sizes")
+    parser.add_argument("--model-types", default="GRU,LSTM,PROPHET")
+    parser.add_argument("--train-rows", type=int, default=2000)
+    parser.add_argument("--test-rows", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for a fleet")
+    args = parser.parse_args()
+    args.model_types = [t.strip().upper() for t in args.model_types.split(",") if t.strip()]
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed (Debian package wrk)")
+    sizes = [int(n) for n in args.stations.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="flts-bench-fleet-"))
+    print(
+        f"fleet bench: stations {sizes}, models {args.model_types}, {args.train_rows}/{args.test_rows} rows, "
+        f"{args.epochs} epochs; logs in {workdir}"
+    )
+    results = []
+    for count in sizes:
+        results.append(run_fleet(count, args, workdir))
+        print(describe(results[-1]), flush=True)
+    largest = results[-1]
+    load = largest.load
+    holds = (
+        largest.rss_loaded_mib < TARGET_RSS_MIB
+        and load.get("rps", 0) >= TARGET_RPS
+        and load.get("p99", math.inf) <= TARGET_P99_S
+        and load.get("failures", 1) == 0
+    )
+    print(
+        f"targets at N={largest.stations}: RSS {largest.rss_loaded_mib:.0f} MiB (< {TARGET_RSS_MIB:.0f}), "
+        f"{load.get('rps', 0):.0f} req/s (>= {TARGET_RPS:.0f}), p99 {load.get('p99', 0) * 1000:.1f} ms "
+        f"(<= {TARGET_P99_S * 1000:.0f}), failures {load.get('failures', 0)} (0): "
+        f"{'HOLD' if holds else 'DO NOT HOLD'}"
+    )
+    return 0 if holds else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
