@@ -107,7 +107,8 @@ def test_new_salt_promotes_a_second_config_hash_and_same_salt_reuses_processed_d
 ) -> None:
     # Locust's --run-time clock starts early in its start-up, which takes seconds on a busy
     # machine: a shorter duration can end the swarm before its first request.
-    short_load = ["--load-duration", "6s", "--load-users", "2"]
+    # One model type is enough to show config hashes at work; the main-job test trains all three.
+    short_load = ["--load-duration", "6s", "--load-users", "2", "--model-types", "GRU"]
     first = flts_run(tmp_path / "first", service_env, *SMALL_SAMPLE, *short_load, "--salt", "e2e-a")
     second = flts_run(tmp_path / "second", service_env, *SMALL_SAMPLE, *short_load, "--salt", "e2e-b")
 
