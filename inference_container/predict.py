@@ -167,10 +167,11 @@ class PredictHandler:
 
     def _model_for(self, models: Mapping[str, ServingModel], identifier: str | None) -> ServingModel:
         """The named station's model from the request's snapshot; omitted, the only one loaded."""
-        loaded = sorted(models)
         if identifier is None:
             if len(models) == 1:
                 return next(iter(models.values()))
+            # Sorted only on the way to an error: the answering path stays one dict lookup.
+            loaded = sorted(models)
             raise RequestError(
                 422,
                 f"name the station: {len(loaded)} are served here ({station_list(loaded)}); send "
@@ -183,6 +184,7 @@ class PredictHandler:
         # Before the first read of the bucket every station is still unknown: not a client error.
         if self.manager.knows(identifier) or not self.manager.pointer_checked.is_set():
             raise RequestError(503, f"station {identifier[:100]!r} has no model loaded yet; retry later")
+        loaded = sorted(models)
         raise RequestError(
             404,
             f"unknown station {identifier[:100]!r}: this service serves {station_list(loaded)}",
