@@ -60,8 +60,9 @@ COPY train_container/ train_container/
 COPY nonml_container/ nonml_container/
 COPY eval_container/ eval_container/
 COPY inference_container/ inference_container/
+COPY batch_container/ batch_container/
 RUN python -m compileall -q shared preprocess_container train_container nonml_container \
-    eval_container inference_container
+    eval_container inference_container batch_container
 
 FROM runtime AS preprocess
 # The Barcelona CSVs travel with this image: the job uploads them when the dataset bucket lacks them.
@@ -95,6 +96,13 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 ENTRYPOINT ["python", "-m", "inference_container"]
+
+FROM runtime AS batch
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+ENTRYPOINT ["python", "-m", "batch_container"]
 
 FROM runtime AS locust
 # The locustfile builds request bodies from the test CSVs.

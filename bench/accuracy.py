@@ -52,8 +52,9 @@ from preprocess_container.preprocessing import (  # noqa: E402
 )
 from shared.data import STEP, validation_start  # noqa: E402
 from shared.events import ModelType  # noqa: E402
+from shared.rolling import Series  # noqa: E402
 from shared.scoring import Candidate, score, select  # noqa: E402
-from shared.trainer_service import ModelTrainer, Series, score_forecast  # noqa: E402
+from shared.trainer_service import ModelTrainer, score_forecast  # noqa: E402
 from train_container.settings import RecurrentHyperparameters, TrainSettings  # noqa: E402
 from train_container.trainer import RecurrentTrainer  # noqa: E402
 

@@ -9,21 +9,29 @@ For each N in --stations (default 3,30,100), on a fresh embedded stack (broker, 
    run stays within minutes;
 2. the services as processes, as `flts run` starts them: one trainer per model type
    (--model-types), the evaluator expecting those types, one inference process (one worker)
-   following every station;
+   following every station, configured by default (windows of different stations predicted
+   together in stacks, BATCH_ACROSS_STATIONS=true);
 3. trigger: the preprocess job once per station (its code, in this process, one run per station
    as a Job per station would), all claims published in a burst;
 4. wait until every station is decided (promoted or refused) and every promoted one is served at
    its promoted run (inference `GET /model`);
 5. measure: trigger -> all decided and live; trainer throughput (stations per minute of that
-   span); inference RSS (before any model, and with N loaded); then wrk, --connections
-   connections for --duration seconds, POSTs spread round robin over every live station (each
-   body names its station); failures = non-2xx + socket errors.
+   span); inference RSS (before any model, and with N loaded); then start a second inference
+   process predicting each station's windows on its own (BATCH_ACROSS_STATIONS=false), wait
+   until it serves every champion too, and load both with wrk,
+   --connections connections for --duration seconds, POSTs spread round robin over every live
+   station (each body names its station), --rounds times on each process in turn (so a change
+   in what else the machine does falls on both): req/s, p50, p99 and server CPU per request
+   (user + system CPU of the process over the round / requests) as the median over the rounds,
+   failures (non-2xx + socket errors) summed.
 
-The last line says whether the targets hold at the largest N run: served from one inference
-process under 600 MiB RSS, >= 1,500 req/s at p99 <= 30 ms over all stations, 0 failures.
+The last line says whether the targets hold at the largest N run, for the default process:
+served from one inference process under 600 MiB RSS, >= 1,500 req/s at p99 <= 30 ms over all
+stations, 0 failures.
 
     .venv/bin/python bench/fleet.py [--stations 3,30,100] [--model-types GRU,LSTM,PROPHET]
-        [--train-rows 2000] [--test-rows 400] [--epochs 3] [--duration 15] [--connections 20]
+        [--train-rows 2000] [--test-rows 400] [--epochs 3] [--duration 15] [--rounds 3]
+        [--connections 20]
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -65,6 +74,8 @@ BODIES_PER_STATION = 4
 TARGET_RSS_MIB = 600.0
 TARGET_RPS = 1500.0
 TARGET_P99_S = 0.030
+# The inference processes compared: name -> BATCH_ACROSS_STATIONS. The first is the default.
+VARIANTS = {"stacked": "true", "per model": "false"}
 
 
 @dataclass
@@ -76,7 +87,9 @@ class FleetResult:
     refused: list[str] = field(default_factory=list)
     rss_empty_mib: float = math.nan
     rss_loaded_mib: float = math.nan
-    load: dict[str, Any] = field(default_factory=dict)
+    # variant -> the medians of its rounds (rps, p50, p99, cpu_ms_per_request), failures summed
+    load: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stations_loaded: int = 0
 
 
 def make_datasets(folder: Path, count: int, train_rows: int, test_rows: int, seed: int) -> list[str]:
@@ -175,6 +188,51 @@ def rss_mib(pid: int) -> float:
     return float(total) / 2**20
 
 
+def start_inference(services: ExitStack, env: dict[str, str], log: Path, across: str) -> tuple[str, int]:
+    """An inference process (one worker) following every station; (its URL, its pid) once healthy."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    variant_env = {
+        **env,
+        "INFERENCE_HOST": "127.0.0.1",
+        "INFERENCE_PORT": str(port),
+        "BATCH_ACROSS_STATIONS": across,
+    }
+    inference = services.enter_context(
+        support.process([sys.executable, "-m", "inference_container"], variant_env, log)
+    )
+    support.wait_ready(lambda: support.answers_200(f"{url}/healthz"), inference, 120, log)
+    return url, inference.pid
+
+
+def measure(
+    urls: dict[str, tuple[str, int]], bodies: list[bytes], args: argparse.Namespace, workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """wrk on each variant in turn, --rounds times; per variant the medians and summed failures."""
+    for url, _ in urls.values():
+        support.run_wrk(f"{url}/predict", bodies, args.connections, 3, args.threads, workdir)
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+    for _ in range(args.rounds):
+        for name, (url, pid) in urls.items():
+            cpu_before = support.group_cpu_seconds(pid)
+            result = support.run_wrk(
+                f"{url}/predict", bodies, args.connections, args.duration, args.threads, workdir
+            )
+            result["cpu_ms_per_request"] = (
+                1000.0 * (support.group_cpu_seconds(pid) - cpu_before) / max(1, result["requests"])
+            )
+            rounds[name].append(result)
+    merged: dict[str, dict[str, Any]] = {}
+    for name, found in rounds.items():
+        merged[name] = {
+            key: statistics.median(r[key] for r in found)
+            for key in ("rps", "p50", "p99", "cpu_ms_per_request")
+        }
+        merged[name]["failures"] = sum(r["failures"] for r in found)
+        merged[name]["requests"] = sum(r["requests"] for r in found)
+    return merged
+
+
 def run_fleet(count: int, args: argparse.Namespace, workdir: Path) -> FleetResult:
     result = FleetResult(stations=count)
     data_dir = workdir / f"data-{count}"
@@ -189,8 +247,7 @@ def run_fleet(count: int, args: argparse.Namespace, workdir: Path) -> FleetResul
     try:
         env = {**os.environ, **config.service_env(), "PYTHONPATH": str(support.REPO), "LOG_LEVEL": "WARNING"}
         store = ObjectStore(config.s3_url, config.access_key, config.secret_key)
-        inference_port, eval_port = free_port(), free_port()
-        inference_url = f"http://127.0.0.1:{inference_port}"
+        eval_port = free_port()
         with ExitStack() as services:
             for model_type in args.model_types:
                 services.enter_context(
@@ -211,21 +268,17 @@ def run_fleet(count: int, args: argparse.Namespace, workdir: Path) -> FleetResul
                     workdir / f"evaluator-{count}.log",
                 )
             )
-            inference_log = workdir / f"inference-{count}.log"
-            inference = services.enter_context(
-                support.process(
-                    [sys.executable, "-m", "inference_container"],
-                    {**env, "INFERENCE_HOST": "127.0.0.1", "INFERENCE_PORT": str(inference_port)},
-                    inference_log,
-                )
-            )
-            support.wait_ready(
-                lambda: support.answers_200(f"{inference_url}/healthz"), inference, 120, inference_log
-            )
-            result.rss_empty_mib = rss_mib(inference.pid)
+            # The default process follows the pipeline from the start, as `flts run` starts it; the
+            # one compared with it starts once every station is live, so the pipeline's figures
+            # are those of one inference process.
+            default = next(iter(VARIANTS))
+            urls = {
+                default: start_inference(services, env, workdir / f"inference-{count}.log", VARIANTS[default])
+            }
+            result.rss_empty_mib = rss_mib(urls[default][1])
             started = time.monotonic()
             hashes = trigger(names, env, data_dir, store)
-            decided = wait_decided_and_live(inference_url, store, hashes, args.timeout)
+            decided = wait_decided_and_live(urls[default][0], store, hashes, args.timeout)
             result.trigger_to_live_s = time.monotonic() - started
             result.stations_per_minute = count / (result.trigger_to_live_s / 60.0)
             result.promoted = dict(
@@ -236,30 +289,36 @@ def run_fleet(count: int, args: argparse.Namespace, workdir: Path) -> FleetResul
             result.refused = sorted(n for n, d in decided.items() if d.decision != "promoted")
             live = [n for n in names if n not in result.refused]
             time.sleep(2.0)  # let the last swap's garbage go before reading the footprint
-            result.rss_loaded_mib = rss_mib(inference.pid)
-            bodies = bodies_for(live, data_dir)
-            support.run_wrk(f"{inference_url}/predict", bodies, args.connections, 3, args.threads, workdir)
-            result.load = support.run_wrk(
-                f"{inference_url}/predict", bodies, args.connections, args.duration, args.threads, workdir
-            )
-            result.load["stations"] = len(live)
+            result.rss_loaded_mib = rss_mib(urls[default][1])
+            result.stations_loaded = len(live)
+            for variant, across in list(VARIANTS.items())[1:]:
+                urls[variant] = start_inference(
+                    services, env, workdir / f"inference-{count}-{across}.log", across
+                )
+                wait_decided_and_live(urls[variant][0], store, hashes, args.timeout)
+            result.load = measure(urls, bodies_for(live, data_dir), args, workdir)
     finally:
         stack.stop()
     return result
 
 
 def describe(result: FleetResult) -> str:
-    load = result.load
     promoted = ", ".join(f"{t} {n}" for t, n in sorted(result.promoted.items())) or "none"
-    return (
+    lines = [
         f"N={result.stations:>3}  trigger->all live {result.trigger_to_live_s:7.1f} s  "
         f"trainers {result.stations_per_minute:5.1f} stations/min  champions: {promoted}; "
         f"refused {len(result.refused)}  inference RSS {result.rss_empty_mib:.0f} MiB empty -> "
         f"{result.rss_loaded_mib:.0f} MiB with {result.stations - len(result.refused)} models  "
-        f"load over {load.get('stations', 0)} stations: {load.get('rps', 0):.0f} req/s "
-        f"p50 {load.get('p50', 0) * 1000:.1f} ms p99 {load.get('p99', 0) * 1000:.1f} ms "
-        f"failures {load.get('failures', 0)}"
-    )
+        f"load over {result.stations_loaded} stations:"
+    ]
+    for variant, load in result.load.items():
+        cpu = load.get("cpu_ms_per_request", 0)
+        lines.append(
+            f"    {variant:<10} {load.get('rps', 0):6.0f} req/s  p50 {load.get('p50', 0) * 1000:5.1f} ms  "
+            f"p99 {load.get('p99', 0) * 1000:5.1f} ms  server cpu/request {cpu:.2f} ms  "
+            f"failures {load.get('failures', 0)}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -269,7 +328,8 @@ def main() -> int:
     parser.add_argument("--train-rows", type=int, default=2000)
     parser.add_argument("--test-rows", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--duration", type=int, default=15, help="seconds of load per process and round")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of load on each inference process")
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for a fleet")
@@ -288,7 +348,7 @@ def main() -> int:
         results.append(run_fleet(count, args, workdir))
         print(describe(results[-1]), flush=True)
     largest = results[-1]
-    load = largest.load
+    load = largest.load[next(iter(VARIANTS))]
     holds = (
         largest.rss_loaded_mib < TARGET_RSS_MIB
         and load.get("rps", 0) >= TARGET_RPS
@@ -296,7 +356,8 @@ def main() -> int:
         and load.get("failures", 1) == 0
     )
     print(
-        f"targets at N={largest.stations}: RSS {largest.rss_loaded_mib:.0f} MiB (< {TARGET_RSS_MIB:.0f}), "
+        f"targets at N={largest.stations} ({next(iter(VARIANTS))}): "
+        f"RSS {largest.rss_loaded_mib:.0f} MiB (< {TARGET_RSS_MIB:.0f}), "
         f"{load.get('rps', 0):.0f} req/s (>= {TARGET_RPS:.0f}), p99 {load.get('p99', 0) * 1000:.1f} ms "
         f"(<= {TARGET_P99_S * 1000:.0f}), failures {load.get('failures', 0)} (0): "
         f"{'HOLD' if holds else 'DO NOT HOLD'}"

@@ -77,24 +77,6 @@ def mlflow_body(window: pd.DataFrame) -> bytes:
     return json.dumps({"dataframe_split": split, "params": {"inference_length": 1}}).encode()
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU of every live process in a process group (from /proc): the cost per
-    request, which other load on the machine does not change as much as it changes latency."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # After the command name: state ppid pgrp ... utime(12) stime(13), 0-based from state.
-        if int(fields[2]) == pgid:
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
-
-
 # -- load generators ----------------------------------------------------------------------------
 
 
@@ -156,13 +138,13 @@ def drive(url: str, bodies: list[bytes], args: argparse.Namespace, workdir: Path
     # A short warm-up first: connection set-up and first-call costs are not what we measure.
     if use_wrk:
         support.run_wrk(url, bodies, args.connections, 3, args.threads, workdir)
-        cpu_before = group_cpu_seconds(pgid)
+        cpu_before = support.group_cpu_seconds(pgid)
         result = support.run_wrk(url, bodies, args.connections, args.duration, args.threads, workdir)
     else:
         run_locust(url, bodies, args.connections, 3, workdir)
-        cpu_before = group_cpu_seconds(pgid)
+        cpu_before = support.group_cpu_seconds(pgid)
         result = run_locust(url, bodies, args.connections, args.duration, workdir)
-    cpu = group_cpu_seconds(pgid) - cpu_before
+    cpu = support.group_cpu_seconds(pgid) - cpu_before
     result["cpu_ms_per_request"] = 1000.0 * cpu / max(1, result["requests"])
     return result
 

@@ -1,9 +1,10 @@
-"""What the benchmarks share (bench/inference.py, bench/soak.py), none of it from tests/:
+"""What the benchmarks share (bench/inference.py, bench/fleet.py, bench/soak.py), none of it from tests/:
 
 - a GRU run logged to MLflow as the trainer logs it (the MLflow model at `GRU/`);
 - its promotion, built and written by the evaluator's own code (shared.scoring, shared.promotion),
   and its registration as the `champion` of `flts-<identifier>`, as the evaluator registers it;
-- a server process in its own session, stopped with its children; HTTP probes.
+- a server process in its own session, stopped with its children; HTTP probes; the CPU time its
+  process group used; wrk as the load generator.
 """
 
 from __future__ import annotations
@@ -192,6 +193,24 @@ def process(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU of every live process in a process group (from /proc): the cost per
+    request, which other load on the machine does not change as much as it changes latency."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state ppid pgrp ... utime(12) stime(13), 0-based from state.
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 # -- load generator (wrk) ------------------------------------------------------------------------

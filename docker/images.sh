@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Build every flts image: the six services (targets of ./Dockerfile, each with its own dependency
+# Build every flts image: the seven services (targets of ./Dockerfile, each with its own dependency
 # group) and the MLflow tracking server the manifests run. Makes the Docker engine and the base
 # image first when they are missing (docker/engine.sh). Prints each image's size and what it adds
 # over the base image.
 #
-#   IMAGE_TAG   tag of every image (default dev, the tag the manifests name)
+#   IMAGE_TAG   tag of every image (default: the version the manifests name, written once in
+#               .kubernetes/base/kustomization.yaml as `newTag: &version X`)
 #   BASE_IMAGE  the Python base (default python:3.11-slim-bookworm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TAG="${IMAGE_TAG:-dev}"
+# The one place the image version is set; the manifests and the kind quickstart use the same.
+KUSTOMIZATION=.kubernetes/base/kustomization.yaml
+version="$(sed -n 's/^ *newTag: *&version *\([^ #]*\).*$/\1/p' "$KUSTOMIZATION")"
+if [ -z "$version" ] || [ "$(printf '%s\n' "$version" | wc -l)" -ne 1 ]; then
+    echo "[images] no single 'newTag: &version X' in $KUSTOMIZATION" >&2
+    exit 1
+fi
+TAG="${IMAGE_TAG:-$version}"
 BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim-bookworm}"
 export BASE_IMAGE
 
@@ -33,6 +41,7 @@ train      train      trainer
 nonml      nonml      prophet-trainer
 eval       eval       evaluator
 inference  inference  inference
+batch      batch      batch
 locust     locust     locust
 "
 logs="$(mktemp -d)"
@@ -73,7 +82,7 @@ rm -rf "$logs"
 
 base_size="$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE")"
 printf '%-22s %10s %14s\n' image "size MB" "over base MB"
-for image in preprocess train nonml eval inference locust mlflow; do
+for image in preprocess train nonml eval inference batch locust mlflow; do
     size="$(docker image inspect -f '{{.Size}}' "flts/$image:$TAG")"
     printf '%-22s %10d %14d\n' "flts/$image:$TAG" $((size / 1000000)) $(((size - base_size) / 1000000))
 done

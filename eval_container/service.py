@@ -1,19 +1,31 @@
-"""The evaluator: waits for every expected model type of a config hash, decides once.
+"""The evaluator: waits for the expected model types of a config hash, then decides.
 
 Validation decides: candidates are ranked by their validation score and the winner is the
 best-scoring one that beats persistence on validation (`shared.scoring.select`); when none does,
 the decision is a refusal. Either way the decision is an event on `promotion-decisions`.
 
+When (`eval_container.rules`): as soon as every expected type succeeded, or once
+PROMOTION_TIMEOUT_S has passed since the first result (SUCCESS or FAILED) of the hash, among the
+types that succeeded, whether the others failed or never reported. A run that no decision of the
+hash scored yet (a late type) gets a follow-up decision: promoted if it wins, a refusal saying
+why if not. Anything else that arrives for a decided hash changes nothing.
+
+What exists: before deciding, each candidate's model files are listed in the object store
+(through MLflow, `shared.mlflow_utils.missing_model_artifacts`). A run lacking any is left out
+with a WARNING naming what it lacks, and its type counts as missing: the evaluator waits for a
+retrain until the timeout, then decides among the rest or refuses, the reason naming the run.
+An unreachable MLflow is a transient error (retried), never a refusal.
+
 State lives outside the process so a restart (or a redelivery) changes nothing:
 - successes are whatever FINISHED runs MLflow holds for the config hash (tags `config_hash`,
   `model_type`), so no in-memory set has to survive;
-- failures and the time of the first event of a hash are kept in a small pending object in the
+- failures and the time of the first result of a hash are kept in a small pending object in the
   promotion bucket (`shared.promotion.PendingHash`);
-- a decision object for the hash means "already decided": never again.
+- the decision objects of a hash name, on their scoreboards, every run already decided on.
 
 Order: decision object → (promotion: history pointer → live pointers → MLflow alias →
-`model-selected`) → `promotion-decisions` → `published.json`. A crash anywhere leaves the message
-uncommitted; on redelivery the stored decision is finished, not re-made.
+`model-selected`) → `promotion-decisions` → `published-<timestamp>.json`. A crash anywhere
+leaves the message uncommitted; on redelivery a stored decision is finished, not re-made.
 """
 
 from __future__ import annotations
@@ -29,11 +41,18 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
+from eval_container import rules
 from eval_container.settings import EvaluatorSettings
 from shared import promotion
 from shared.events import ModelType, PromotionDecision, PromotionPointer, TrainingEvent, TrainingStatus
 from shared.kafka import EventProducer, MessageContext, PoisonMessage, TransientError
-from shared.mlflow_utils import experiment_for, find_runs, mlflow_unreachable
+from shared.mlflow_utils import (
+    describe_missing_artifacts,
+    experiment_for,
+    find_runs,
+    missing_model_artifacts,
+    mlflow_unreachable,
+)
 from shared.promotion import PendingHash
 from shared.scoring import Candidate, build_decision, latest_per_type, select
 from shared.storage import ObjectStore
@@ -87,7 +106,9 @@ class Evaluator:
         if event.model_type not in self.expected:
             log.info("model type not in EXPECTED_MODEL_TYPES; ignored", extra=extra)
             return
-        if self._finish_if_decided(event.identifier, event.config_hash, extra):
+        decisions = self._finish_decided(event.identifier, event.config_hash, extra)
+        if decisions:
+            self._after_decision(event, decisions, extra)
             return
         if event.status is TrainingStatus.SUCCESS:
             # Checked before any state is kept, so a poison event leaves nothing behind.
@@ -101,6 +122,21 @@ class Evaluator:
             log.warning("training failed", extra={**extra, "error": event.error, "run_id": event.run_id})
         self.evaluate(event.config_hash, event.identifier, extra)
 
+    def _after_decision(
+        self, event: TrainingEvent, decisions: list[PromotionDecision], extra: Mapping[str, object]
+    ) -> None:
+        """An event for a decided hash: a run no decision scored gets a follow-up decision."""
+        scored = {entry.run_id for decision in decisions for entry in decision.scoreboard}
+        if event.status is not TrainingStatus.SUCCESS or event.run_id in scored:
+            # A redelivery, or a failure after the decision: the decisions stand.
+            log.info(
+                "config hash already decided; nothing to do",
+                extra={**extra, "status": event.status.value, "run_id": event.run_id},
+            )
+            return
+        self._check_success_run(event)
+        self.reconsider(event.config_hash, event.identifier, decisions, extra)
+
     def on_idle(self) -> None:
         """Timer for PROMOTION_TIMEOUT_S: called by the consumer loop whenever a poll is empty."""
         now = self.clock()
@@ -108,13 +144,11 @@ class Evaluator:
             return
         self._next_idle_check = now + IDLE_CHECK_INTERVAL_S
         for config_hash, pending in list(self.pending.items()):
-            if not pending.failed:
-                continue
             if not self._timed_out(pending) or now < self._idle_retry_at.get(config_hash, 0.0):
                 continue
             extra = {"config_hash": config_hash, "identifier": pending.identifier, "trigger": "timeout"}
             try:
-                if not self._finish_if_decided(pending.identifier, config_hash, extra):
+                if not self._finish_decided(pending.identifier, config_hash, extra):
                     self.evaluate(config_hash, pending.identifier, extra)
             except Exception:
                 # The loop must keep consuming; this hash is tried again later.
@@ -125,47 +159,86 @@ class Evaluator:
     def evaluate(
         self, config_hash: str, identifier: str, extra: Mapping[str, object]
     ) -> PromotionDecision | None:
-        """Decide when every expected type succeeded, or after the timeout when some failed."""
+        """Decide when every expected type succeeded, or once the timeout passed whatever is missing."""
         pending = self._pending_for(config_hash, identifier)
-        candidates, failed_in_mlflow = self._candidates(config_hash)
-        missing = [t for t in self.expected if t not in candidates]
-        note = None
-        if missing:
-            failed = [t for t in missing if t.value in pending.failed or t in failed_in_mlflow]
-            if not failed:
-                log.info("waiting for model types", extra={**extra, "missing": [t.value for t in missing]})
-                return None
-            if not self._timed_out(pending):
-                log.info(
-                    "a model type failed; waiting for the promotion timeout",
-                    extra={
-                        **extra,
-                        "failed": [t.value for t in failed],
-                        "missing": [t.value for t in missing],
-                        "timeout_s": self.settings.PROMOTION_TIMEOUT_S,
-                    },
-                )
-                return None
-            errors = ", ".join(f"{t.value} ({pending.failed.get(t.value, 'run failed')})" for t in failed)
-            if candidates:
-                note = (
-                    f"decided among {', '.join(sorted(c.value for c in candidates))} after "
-                    f"{self.settings.PROMOTION_TIMEOUT_S:g}s; missing "
-                    f"{', '.join(t.value for t in missing)} (failed: {errors})"
-                )
-            else:
-                note = f"no expected model type succeeded (failed: {errors})"
+        found, failed_in_mlflow = self._candidates(config_hash)
+        timed_out = self._timed_out(pending)
+        unloadable: dict[ModelType, rules.Unloadable] = {}
+        if rules.ready_to_decide(self.expected, found, timed_out):
+            # Listed only once a decision is due: each candidate costs a few MLflow calls.
+            unloadable = self._unloadable(found, extra)
+        candidates = {t: c for t, c in found.items() if t not in unloadable}
+        missing = rules.missing_types(self.expected, candidates)
+        if not rules.ready_to_decide(self.expected, candidates, timed_out):
+            log.info(
+                "waiting for model types",
+                extra={
+                    **extra,
+                    "missing": [t.value for t in missing],
+                    "failed": sorted(pending.failed),
+                    "unloadable": {t.value: u.candidate.run_id for t, u in unloadable.items()},
+                    "timeout_s": self.settings.PROMOTION_TIMEOUT_S,
+                },
+            )
+            return None
+        failed = {t: "run failed" for t in failed_in_mlflow} | {
+            t: pending.failed[t.value] for t in self.expected if t.value in pending.failed
+        }
+        note = rules.timeout_note(
+            expected=self.expected,
+            succeeded=candidates,
+            failed=failed,
+            timeout_s=self.settings.PROMOTION_TIMEOUT_S,
+            unloadable=unloadable,
+        )
         weights = self.settings.weights
+        selection = select(candidates.values(), weights, gate=self.settings.SKILL_GATE)
         decision = build_decision(
             identifier=identifier,
             config_hash=config_hash,
-            selection=select(candidates.values(), weights, gate=self.settings.SKILL_GATE),
+            selection=rules.with_unloadable(selection, unloadable.values()),
             weights=weights,
             skill_gate=self.settings.SKILL_GATE,
             missing_model_types=missing,
             note=note,
             timestamp=self._now(),
         )
+        self._record(decision, extra)
+        return decision
+
+    def reconsider(
+        self,
+        config_hash: str,
+        identifier: str,
+        decisions: list[PromotionDecision],
+        extra: Mapping[str, object],
+    ) -> PromotionDecision | None:
+        """Score the runs no earlier decision scored; None when there is none (nothing changes)."""
+        found, _failed = self._candidates(config_hash)
+        unloadable = self._unloadable(found, extra)
+        candidates = {t: c for t, c in found.items() if t not in unloadable}
+        late = rules.unscored(candidates.values(), decisions)
+        if not late:
+            log.info("config hash already decided; no new result to score", extra=dict(extra))
+            return None
+        decision = rules.late_decision(
+            identifier=identifier,
+            config_hash=config_hash,
+            candidates=candidates,
+            late=late,
+            decisions=decisions,
+            live=promotion.load_current_pointer(self.store, self.bucket, identifier),
+            expected=self.expected,
+            weights=self.settings.weights,
+            gate=self.settings.SKILL_GATE,
+            timestamp=self._now(),
+            unloadable=list(unloadable.values()),
+        )
+        self._record(decision, {**extra, "late": [c.label for c in late]})
+        return decision
+
+    def _record(self, decision: PromotionDecision, extra: Mapping[str, object]) -> None:
+        """Write the decision object first, then carry it out."""
         key = promotion.write_decision(self.store, self.bucket, decision)
         log.info(
             "decision made",
@@ -175,10 +248,10 @@ class Evaluator:
                 "history": key,
                 "run_id": decision.run_id,
                 "reason": decision.reason,
+                "missing_model_types": [t.value for t in decision.missing_model_types],
             },
         )
         self._complete(decision, extra)
-        return decision
 
     def _candidates(self, config_hash: str) -> tuple[dict[ModelType, Candidate], set[ModelType]]:
         """Latest successful run per expected type, and types whose only runs failed."""
@@ -205,6 +278,50 @@ class Evaluator:
         latest = latest_per_type(finished)
         return latest, failed - set(latest)
 
+    def _unloadable(
+        self, candidates: Mapping[ModelType, Candidate], extra: Mapping[str, object]
+    ) -> dict[ModelType, rules.Unloadable]:
+        """The candidates whose model files are not all in the object store, each logged.
+
+        MLflow keeps listing a FINISHED run whose files are gone (an object store that lost its
+        data, a restored database), so what exists is asked of the store, never assumed."""
+        unloadable: dict[ModelType, rules.Unloadable] = {}
+        for model_type, candidate in candidates.items():
+            found = self._artifacts_problem(candidate)
+            if found is None:
+                continue
+            unloadable[model_type] = found
+            log.warning(
+                "run lacks its model artifacts; it cannot be promoted",
+                extra={
+                    **extra,
+                    "run_id": candidate.run_id,
+                    "model_type": model_type.value,
+                    "missing": list(found.missing),
+                    "reason": found.reason,
+                },
+            )
+        return unloadable
+
+    def _artifacts_problem(self, candidate: Candidate) -> rules.Unloadable | None:
+        """None when the run's model files are all there; else what it lacks."""
+        run_id = candidate.run_id
+        try:
+            missing = missing_model_artifacts(self.client, run_id, candidate.model_type.value)
+        except Exception as exc:
+            if mlflow_unreachable(exc):
+                raise TransientError(f"MLflow unreachable listing run {run_id}'s artifacts: {exc}") from exc
+            if not isinstance(exc, MlflowException):
+                raise
+            # MLflow answered, and its answer will not change: files it cannot list cannot be
+            # loaded either.
+            return rules.Unloadable(
+                candidate, f"run {run_id}'s artifacts cannot be listed: {exc.message[:500]}"
+            )
+        if not missing:
+            return None
+        return rules.Unloadable(candidate, describe_missing_artifacts(run_id, missing), tuple(missing))
+
     def _check_success_run(self, event: TrainingEvent) -> None:
         """A SUCCESS must name a FINISHED run of this hash and type (its metrics are the gate's)."""
         if not event.run_id:
@@ -224,24 +341,23 @@ class Evaluator:
             raise PoisonMessage(f"run {event.run_id} is {status}, not FINISHED")
 
     # ------------------------------------------------------------------ decision steps
-    def _finish_if_decided(self, identifier: str, config_hash: str, extra: Mapping[str, object]) -> bool:
-        """True when this hash was decided already; a decision cut short by a crash is finished."""
-        decision = promotion.latest_decision(self.store, self.bucket, identifier, config_hash)
-        if decision is None:
-            return False
-        if promotion.is_published(self.store, self.bucket, identifier, config_hash):
-            log.info(
-                "config hash already decided; nothing to do",
+    def _finish_decided(
+        self, identifier: str, config_hash: str, extra: Mapping[str, object]
+    ) -> list[PromotionDecision]:
+        """The hash's decisions, oldest first (empty when undecided); any cut short by a crash is
+        finished first, in order."""
+        decisions = promotion.load_decisions(self.store, self.bucket, identifier, config_hash)
+        for decision in decisions:
+            if promotion.is_published(self.store, self.bucket, decision):
+                continue
+            log.warning(
+                "finishing a decision interrupted before publishing",
                 extra={**extra, "decision": decision.decision.value, "run_id": decision.run_id},
             )
+            self._complete(decision, extra)
+        if decisions:
             self._forget(config_hash)
-            return True
-        log.warning(
-            "finishing a decision interrupted before publishing",
-            extra={**extra, "decision": decision.decision.value, "run_id": decision.run_id},
-        )
-        self._complete(decision, extra)
-        return True
+        return decisions
 
     def _complete(self, decision: PromotionDecision, extra: Mapping[str, object]) -> None:
         """Everything after the decision; each step is idempotent."""

@@ -16,7 +16,7 @@ class EvaluatorSettings(BaseServiceSettings):
 
     EXPECTED_MODEL_TYPES: Annotated[list[ModelType], NoDecode] = Field(
         default_factory=lambda: [ModelType.GRU, ModelType.LSTM, ModelType.PROPHET],
-        description="Comma-separated model types that must report SUCCESS before promotion",
+        description="Comma-separated model types waited for (up to PROMOTION_TIMEOUT_S) before deciding",
     )
     W_RMSE: float = Field(default=0.5, ge=0.0, description="Weight of val_rmse in the score")
     W_MAE: float = Field(default=0.3, ge=0.0, description="Weight of val_mae in the score")
@@ -24,8 +24,8 @@ class EvaluatorSettings(BaseServiceSettings):
     PROMOTION_TIMEOUT_S: float = Field(
         default=180.0,
         gt=0.0,
-        description="After a FAILED type, promote among the successful ones once this has passed "
-        "since the first event of the config hash",
+        description="Decide among the types that succeeded once this has passed since the first "
+        "result of the config hash, even when others failed or never reported",
     )
     SKILL_GATE: bool = Field(
         default=True,

@@ -327,6 +327,7 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
         lines += _scoreboard_lines(report, "##")
         if report.get("fleet"):
             lines += _fleet_lines(report["fleet"], stations)
+    lines += _batch_lines(report)
     lines += ["", "## Timeline", "", "| stage | status | seconds |", "|---|---|---|"]
     for name, stage in report.get("stages", {}).items():
         lines.append(f"| {name} | {stage['status']} | {stage['seconds']} |")
@@ -347,6 +348,35 @@ def render_markdown(report: dict[str, Any], images: list[tuple[str, str]]) -> st
         lines += ["", f"## {title}", "", f"![{title}]({name})"]
     lines += ["", "Service logs: `logs/` beside this file. Machine-readable: `report.json`.", ""]
     return "\n".join(lines)
+
+
+def _batch_lines(report: dict[str, Any]) -> list[str]:
+    """Each station's batch forecast of its test split: the file beside the report, where it is
+    stored, and its errors against the actuals (as logged on the champion's run)."""
+    detail = (report.get("stages", {}).get("batch_forecast") or {}).get("detail") or {}
+    batches = detail.get("stations") or ({report.get("dataset"): detail} if detail.get("object") else {})
+    if not batches:
+        return []
+    lines = [
+        "",
+        "## Batch forecast (test split)",
+        "",
+        "Every row of the test split forecast one step ahead by the promoted model, then the horizon "
+        "after its last row. RMSE in original units against the actuals, next to persistence's.",
+        "",
+        "| station | file | stored at | run | rows | RMSE down | persistence | RMSE up | persistence |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, batch in batches.items():
+        metrics = batch.get("metrics") or {}
+        rows = metrics.get("batch_rows")
+        lines.append(
+            f"| {name} | [{batch.get('file')}]({batch.get('file')}) | `{batch.get('object')}` | "
+            f"`{str(batch.get('run_id'))[:8]}` | {'—' if rows is None else int(rows)} | "
+            f"{_big(metrics.get('batch_rmse_down'))} | {_big(metrics.get('baseline_batch_rmse_down'))} | "
+            f"{_big(metrics.get('batch_rmse_up'))} | {_big(metrics.get('baseline_batch_rmse_up'))} |"
+        )
+    return lines
 
 
 def _fleet_lines(fleet: dict[str, Any], stations: dict[str, Any]) -> list[str]:

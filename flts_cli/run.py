@@ -147,10 +147,13 @@ def _interrupt_on_sigterm(run: RunState) -> Callable[[int, FrameType | None], No
 
 def _keep_running(run: RunState) -> None:
     web_port = LOCUST_WEB_PORT if _port_is_free(LOCUST_WEB_PORT) else free_port()
+    # The same repaired test splits the load_test stage replayed (written again: it is cheap, and
+    # this does not depend on how that stage left the folder).
+    splits = locust_cmd.repaired_test_splits(run)
     run.start(
         "locust-web",
         locust_cmd.web_command(run.inference_url, web_port),
-        locust_cmd.data_env([station.dataset for station in run.active()]),
+        locust_cmd.data_env([station.dataset for station in run.active()], splits),
     )
     run.terminal.endpoints(run.inference_url, f"http://{HOST}:{web_port}", run.env)
     try:

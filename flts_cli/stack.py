@@ -1,10 +1,17 @@
 """The embedded infrastructure: a Kafka-protocol broker, an S3 server and an MLflow server,
-each a real process on 127.0.0.1. Used by `flts up`, `flts run` and the test fixtures."""
+each a real process on 127.0.0.1. Used by `flts up`, `flts run` and the test fixtures.
+
+Nothing persists from one stack to the next. The S3 server and the broker keep everything in
+memory, so the MLflow database an earlier stack left in the state dir is moved aside when a new
+stack starts (`previous-stack/`, one generation kept): kept in place, it would list runs whose
+artifacts and promotion pointers died with the old S3 server, and the pipeline would trust them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -25,7 +32,12 @@ from shared.events import dlq_topic
 from shared.kafka import ensure_topics, wait_for_broker
 from shared.storage import ObjectStore
 
+log = logging.getLogger(__name__)
+
 HOST = "127.0.0.1"
+MLFLOW_DB = "mlflow.db"
+# Where the MLflow database of the stack before this one goes (replacing any older one).
+PREVIOUS_STATE_DIR = "previous-stack"
 # The contract's names: a stack started ahead of its services cannot know of any override.
 TOPICS = pipeline_names("TOPIC_")
 MLFLOW_BUCKET = "mlflow"
@@ -118,7 +130,7 @@ class StackConfig:
 
     @property
     def mlflow_backend(self) -> str:
-        return self.backend_store_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+        return self.backend_store_uri or f"sqlite:///{self.state_dir / MLFLOW_DB}"
 
     def service_env(self) -> dict[str, str]:
         """The environment every FLTS service needs to talk to this stack."""
@@ -150,6 +162,8 @@ class LocalStack:
         # stops what it started and raises StackInterrupted instead of running to the end.
         self.abort = abort
         self.processes: list[tuple[ManagedProcess, subprocess.Popen[bytes] | None]] = []
+        # Where `start` moved an earlier stack's MLflow database, if it found one.
+        self.retired_mlflow_db: Path | None = None
 
     def start(self) -> None:
         cfg = self.config
@@ -160,6 +174,7 @@ class LocalStack:
         ):
             check_port_free(port, what)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.retired_mlflow_db = self._retire_previous_mlflow_db()
         try:
             self._start_s3()
             self._start_broker()
@@ -175,6 +190,33 @@ class LocalStack:
         except BaseException:
             self.stop()
             raise
+
+    def _retire_previous_mlflow_db(self) -> Path | None:
+        """Move the default SQLite database of an earlier stack aside; return where it went.
+
+        A backend given with --backend-store-uri is the user's own and stays where it is (the
+        trainers retrain a run whose artifacts are gone, shared.trainer_service)."""
+        cfg = self.config
+        if cfg.backend_store_uri is not None:
+            return None
+        database = cfg.state_dir / MLFLOW_DB
+        if not database.exists():
+            return None
+        target_dir = cfg.state_dir / PREVIOUS_STATE_DIR
+        target_dir.mkdir(exist_ok=True)
+        # The journal files go with it: a hot journal left beside the new, empty database would
+        # be rolled back into it by SQLite.
+        for stale in target_dir.glob(f"{MLFLOW_DB}*"):
+            stale.unlink()
+        for part in cfg.state_dir.glob(f"{MLFLOW_DB}*"):
+            part.replace(target_dir / part.name)
+        target = target_dir / MLFLOW_DB
+        log.info(
+            "moved the previous stack's MLflow database aside: its artifacts were in the S3 "
+            "server's memory and are gone, so this stack starts empty",
+            extra={"moved_to": str(target)},
+        )
+        return target
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log_path = self.config.state_dir / f"{name}.log"

@@ -25,9 +25,23 @@ from flts_cli.settings import pipeline_names
 from flts_cli.stack import HOST, LocalStack, StackConfig, StackError, free_port, free_ports
 from flts_cli.state import RunState, Stage, StageError, StageFailed, Station, need
 from flts_cli.watch import EventWatcher
-from shared.events import DataClaim, GateCheck, ModelType, PromotionDecision, TrainingEvent, TrainingStatus
-from shared.kafka import ensure_topics, wait_for_broker
-from shared.mlflow_utils import connect, wait_for_mlflow
+from shared.events import (
+    DataClaim,
+    GateCheck,
+    ModelType,
+    PromotionDecision,
+    PromotionPointer,
+    TrainingEvent,
+    TrainingStatus,
+)
+from shared.kafka import TransientError, ensure_topics, wait_for_broker
+from shared.mlflow_utils import (
+    connect,
+    describe_missing_artifacts,
+    missing_model_artifacts,
+    mlflow_unreachable,
+    wait_for_mlflow,
+)
 from shared.processed import load_meta
 from shared.promotion import latest_decision
 from shared.settings import BaseServiceSettings
@@ -43,6 +57,15 @@ StageFunction = Callable[[RunState, Stage], StageOutcome]
 SERVICES_HEALTHY_S = 120.0
 CLAIM_AFTER_JOB_S = 60.0
 MODEL_LIVE_S = 120.0
+# A promoted run inference has not served this long gets its model files checked: a run whose
+# files are gone can never load, and saying so beats waiting out MODEL_LIVE_S.
+ARTIFACT_CHECK_AFTER_S = 5.0
+# How soon a check that could not reach MLflow is tried again.
+ARTIFACT_RECHECK_S = 5.0
+BATCH_FORECAST_S = 120.0
+# The tag the batch forecaster sets on the champion's run: where its latest batch forecast is
+# (docs/DESIGN.md, "Batch forecasts"), beside the run's batch_* metrics.
+BATCH_OBJECT_TAG = "batch_forecast_object"
 
 
 @dataclass(frozen=True)
@@ -135,6 +158,8 @@ def services(run: RunState, stage: Stage) -> StageOutcome:
         python_module("inference_container"),
         {"INFERENCE_HOST": HOST, "INFERENCE_PORT": str(inference_port)},
     )
+    batch_port = free_port()
+    run.start("batch-forecast", python_module("batch_container"), {"HEALTH_PORT": str(batch_port)})
     # Watch before anything is triggered: the first group join takes seconds.
     topics = need(run.names, "the topic names")
     run.watcher = EventWatcher(
@@ -148,7 +173,11 @@ def services(run: RunState, stage: Stage) -> StageOutcome:
     )
     _wait_healthy(
         run,
-        {"inference": f"{run.inference_url}/healthz", "evaluator": f"http://{HOST}:{eval_port}/healthz"},
+        {
+            "inference": f"{run.inference_url}/healthz",
+            "evaluator": f"http://{HOST}:{eval_port}/healthz",
+            "batch-forecast": f"http://{HOST}:{batch_port}/healthz",
+        },
     )
     stage.detail["inference_url"] = run.inference_url
     stage.detail["processes"] = {s.name: s.proc.pid for s in run.services if s.proc is not None}
@@ -289,23 +318,62 @@ def _check_line(check: GateCheck) -> str:
 
 
 def inference_live(run: RunState, stage: Stage) -> StageOutcome:
-    """Wait until `GET /model` serves every promoted station's run."""
+    """Wait until `GET /model` serves every promoted station's run.
+
+    Gives up on a station at once when its run lacks model files in the object store (naming
+    them), looked at when inference reports a failed load of the promoted run or once the run is
+    not served after ARTIFACT_CHECK_AFTER_S; otherwise after MODEL_LIVE_S, quoting the last load
+    failure inference reported (a transient one heals: inference retries its loads)."""
     waiting = {station.identifier: station for station in run.active()}
-    deadline = time.monotonic() + MODEL_LIVE_S
+    began = time.monotonic()
+    deadline = began + MODEL_LIVE_S
+    # identifier -> when to look at its run's files (next); None once they were found complete.
+    check_at: dict[str, float | None] = dict.fromkeys(waiting, began + ARTIFACT_CHECK_AFTER_S)
+    client: MlflowClient | None = None
+    reasons: dict[str, str] = {}  # identifier -> the last load failure inference reported
     while waiting:
         run.check_services()
-        served = served_run_ids(_http_json(f"{run.inference_url}/model"))
+        body = _http_json(f"{run.inference_url}/model")
+        served = served_run_ids(body)
+        failures = load_failures(body)
         for identifier, station in list(waiting.items()):
-            if served.get(identifier) == need(station.pointer, "the promotion pointer").run_id:
+            run_id = need(station.pointer, "the promotion pointer").run_id
+            if served.get(identifier) == run_id:
                 station.trigger_to_live_seconds = round(time.monotonic() - run.triggered_at, 2)
                 _station_detail(run, stage, station, trigger_to_live_seconds=station.trigger_to_live_seconds)
                 del waiting[identifier]
+                continue
+            failure = failures.get(identifier)
+            if failure is not None and failure[0] == run_id:
+                # Inference retries a failed load (an MLflow blip heals); missing files never do,
+                # so a reported failure has the run's files looked at now.
+                reasons[identifier] = failure[1]
+                if check_at[identifier] is not None:
+                    check_at[identifier] = min(check_at[identifier] or 0.0, time.monotonic())
+            due = check_at[identifier]
+            if due is None or time.monotonic() < due:
+                continue
+            if client is None:
+                client = connect(run.env["MLFLOW_TRACKING_URI"])
+            try:
+                problem = _model_files_problem(client, need(station.pointer, "the promotion pointer"))
+            except TransientError:
+                # MLflow busy or away: asked again soon; MODEL_LIVE_S still bounds the wait.
+                check_at[identifier] = time.monotonic() + ARTIFACT_RECHECK_S
+                continue
+            if problem is None:
+                check_at[identifier] = None
+                continue
+            _give_up(run, stage, station, problem)
+            del waiting[identifier]
         if not waiting:
             break
         if time.monotonic() > deadline:
             for identifier, station in waiting.items():
                 run_id = need(station.pointer, "the promotion pointer").run_id
                 message = f"inference did not serve run {run_id} for {identifier} within {MODEL_LIVE_S:.0f}s"
+                if identifier in reasons:
+                    message += f"; its last load failure: {reasons[identifier]}"
                 _give_up(run, stage, station, f"{message}; it served {served or 'nothing'}")
             break
         pending = ", ".join(f"{i} {need(s.pointer, 'the pointer').run_id[:8]}" for i, s in waiting.items())
@@ -318,6 +386,73 @@ def inference_live(run: RunState, stage: Stage) -> StageOutcome:
     return _outcome(run, stage, "ok")
 
 
+def load_failures(body: dict[str, Any] | None) -> dict[str, tuple[str, str]]:
+    """identifier -> (run_id, reason) of each station whose model inference failed to load, as
+    `GET /model` reports them under `failed`; an answer without them reports none."""
+    failed = body.get("failed") if body else None
+    if not isinstance(failed, dict):
+        return {}
+    failures: dict[str, tuple[str, str]] = {}
+    for identifier, entry in failed.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("run_id"), str):
+            continue
+        reason = entry.get("reason") or entry.get("error") or "no reason given"
+        failures[str(identifier)] = (entry["run_id"], str(reason))
+    return failures
+
+
+def _model_files_problem(client: MlflowClient, pointer: PromotionPointer) -> str | None:
+    """Why the promoted run's model cannot load from the object store (the files it lacks), or
+    None when they are all there. TransientError when MLflow cannot be reached."""
+    try:
+        missing = missing_model_artifacts(client, pointer.run_id, pointer.model_type.value)
+    except Exception as exc:
+        if mlflow_unreachable(exc):
+            raise TransientError(f"MLflow unreachable: {exc}") from exc
+        # MLflow answered, and will answer the same: files it cannot list cannot be loaded.
+        return f"MLflow cannot list the artifacts of run {pointer.run_id}: {str(exc)[:300]}"
+    return describe_missing_artifacts(pointer.run_id, missing) if missing else None
+
+
+def batch_forecast(run: RunState, stage: Stage) -> StageOutcome:
+    """Wait until the batch forecaster stored each live station's test split as forecast by its
+    champion (the champion's run then names the object and holds its errors); copy each Parquet
+    beside the report."""
+    client = connect(run.env["MLFLOW_TRACKING_URI"])
+    store = need(run.store, "the object store")
+    waiting = {station.identifier: station for station in run.active()}
+    deadline = time.monotonic() + BATCH_FORECAST_S
+    while waiting:
+        run.check_services()
+        for identifier, station in list(waiting.items()):
+            claim = need(station.claim, "the data claim")
+            run_id = need(station.pointer, "the promotion pointer").run_id
+            found = _batch_of(client, run_id, claim.config_hash)
+            if found is None:
+                continue
+            uri, metrics = found
+            bucket, _, key = uri.removeprefix("s3://").partition("/")
+            file = (
+                "batch-forecast.parquet"
+                if len(run.stations) == 1
+                else f"batch-forecast-{station.dataset}.parquet"
+            )
+            (run.report_dir / file).write_bytes(store.get_bytes(bucket, key))
+            _station_detail(run, stage, station, object=uri, file=file, run_id=run_id, metrics=metrics)
+            del waiting[identifier]
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            for station in waiting.values():
+                run_id = need(station.pointer, "the promotion pointer").run_id
+                message = f"no batch forecast by run {run_id} within {BATCH_FORECAST_S:.0f}s"
+                _give_up(run, stage, station, f"{message} (see logs/batch-forecast.log)")
+            break
+        run.terminal.update("batch_forecast", f"waiting for the batch forecast of {', '.join(waiting)}")
+        time.sleep(0.5)
+    return _outcome(run, stage, "ok")
+
+
 def load_test(run: RunState, stage: Stage) -> StageOutcome:
     """A swarm spread over the stations that went live."""
     options = run.options
@@ -326,7 +461,9 @@ def load_test(run: RunState, stage: Stage) -> StageOutcome:
         run.inference_url, options.load_users, options.load_spawn_rate, options.load_duration, results
     )
     stations = [station.dataset for station in run.active()]
-    swarm = run.start("locust", argv, locust_cmd.data_env(stations), job=True)
+    # The repaired test splits, not the raw CSVs: any station that can be promoted can be load-tested.
+    env = locust_cmd.data_env(stations, locust_cmd.repaired_test_splits(run))
+    swarm = run.start("locust", argv, env, job=True)
     began = time.monotonic()
     while swarm.running:
         run.check_services()
@@ -365,6 +502,7 @@ PIPELINE: tuple[tuple[str, StageFunction], ...] = (
     ("training", training),
     ("evaluation", evaluation),
     ("inference_live", inference_live),
+    ("batch_forecast", batch_forecast),
     ("load_test", load_test),
 )
 
@@ -382,6 +520,19 @@ def _wait_healthy(run: RunState, pending: dict[str, str]) -> None:
             raise StageError(f"not healthy after {SERVICES_HEALTHY_S:.0f}s: {', '.join(pending)}")
         run.terminal.update("services", f"waiting for {', '.join(pending) or 'trainers'}")
         time.sleep(0.3)
+
+
+def _batch_of(client: MlflowClient, run_id: str, config_hash: str) -> tuple[str, dict[str, float]] | None:
+    """The object (s3://bucket/key) of the run's batch forecast of `config_hash`'s split, and the
+    batch's errors, once the batch forecaster logged them on the run; else None."""
+    try:
+        data = client.get_run(run_id).data
+    except Exception:  # MLflow busy or briefly away: asked again on the next round
+        return None
+    uri = data.tags.get(BATCH_OBJECT_TAG, "")
+    if f"/{config_hash}/" not in uri:
+        return None
+    return uri, {name: value for name, value in sorted(data.metrics.items()) if "batch_" in name}
 
 
 def _read_event(run: RunState, timeout_s: float) -> None:

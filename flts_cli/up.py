@@ -75,6 +75,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"flts up: {exc}", file=sys.stderr)
         return 1
     state = stack.write_state()
+    if stack.retired_mlflow_db is not None:
+        print(
+            f"flts up: moved the previous stack's MLflow database to {stack.retired_mlflow_db}: "
+            f"its artifacts lived in the S3 server's memory and are gone, so this stack starts empty"
+        )
     for name, url in stack.endpoints().items():
         print(f"{name:>6}: {url}")
     print(f"   env: source {state.with_name('stack.env')}")

@@ -1,4 +1,5 @@
-"""The inference API (DESIGN.md, "Inference API"): /predict, /healthz, /readyz, /model, /metrics.
+"""The inference API (DESIGN.md, "Inference API"): /predict, /healthz, /readyz, /model, /metrics,
+and the schema's pages /docs and /redoc with their files (inference_container.docs).
 
 `create_app` only wires the parts together: the app's state (inference_container.deps), the
 routes (inference_container.routes), the error answers (inference_container.errors). Every
@@ -26,6 +27,7 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from inference_container.deps import AppState
+from inference_container.docs import add_docs
 from inference_container.errors import EXCEPTION_HANDLERS
 from inference_container.inference_log import InferenceLogWriter
 from inference_container.lifecycle import ModelManager
@@ -135,9 +137,13 @@ def create_app(
         ),
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
+        # FastAPI's pages load their files from a CDN: add_docs serves them from here instead.
+        docs_url=None,
+        redoc_url=None,
     )
     app.inference = state
     app.fast_predict = settings.PREDICT_FAST_PATH
     app.state.inference = state
     app.include_router(api_router(settings))
+    add_docs(app)
     return app

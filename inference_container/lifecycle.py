@@ -7,11 +7,14 @@ Three background threads, none on the request path:
   `latest` offset); with IDENTIFIERS unset it discovers the stations by listing the bucket;
 - the consumer reads `model-selected` in a group of its own, so every replica sees every
   promotion of every station;
-- the loader downloads and builds each station's newest wanted model, then swaps it in by
-  replacing the immutable station -> model mapping. Requests hold the `ServingModel` they
-  started with, so in-flight work finishes on the old model, and a swap of one station leaves
-  every other station's model object untouched. A failed load keeps that station's old model
-  and retries with backoff (per station) until it succeeds or is superseded.
+- the loader downloads and builds each station's newest wanted model, restacks the models of
+  its kind (shared.model_runtime.stacking: one batched pass answers windows of every station in a
+  stack), then swaps it in by replacing the immutable `Fleet` (station -> model, station -> slot
+  in a stack). Requests hold the `Fleet` they started with, so in-flight work finishes on the old
+  model and old stack, and a swap of one station leaves every other station's model object
+  untouched (its slot may move to a rebuilt stack holding the same parameters: its answers do
+  not change). A failed load keeps that station's old model and retries with backoff (per
+  station) until it succeeds or is superseded.
 
 Every station is loaded eagerly, as soon as its pointer is seen: measured figures and the
 reasoning are in inference_container/README.md ("Many stations").
@@ -55,9 +58,10 @@ from shared.kafka import (
     make_consumer,
     send_to_dlq,
 )
-from shared.model_runtime.forecasting import Forecast
+from shared.model_runtime.forecasting import Forecast, Window
 from shared.model_runtime.pyfunc import load_window_model
 from shared.model_runtime.ranges import KpiRanges
+from shared.model_runtime.stacking import Slot, stack_slots
 from shared.promotion import current_key
 from shared.retry import Backoff, RetryStopped
 from shared.storage import ObjectNotFound, ObjectStore
@@ -99,6 +103,25 @@ class ServingModel:
             "metrics": {"rmse": self.pointer.rmse, "mae": self.pointer.mae, "mse": self.pointer.mse},
             "score": self.pointer.score,
         }
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What a request reads, in one attribute read: every loaded station's model and the slot
+    (stack and index) its windows are evaluated in. Never changed; a swap replaces it whole."""
+
+    models: Mapping[str, ServingModel]
+    slots: Mapping[str, Slot]
+
+    def with_model(self, model: ServingModel, *, across_stations: bool) -> Fleet:
+        """This fleet with `model` serving its station, the stacks of its kind rebuilt."""
+        models = {**self.models, model.pointer.identifier: model}
+        forecasts = {identifier: served.forecast for identifier, served in models.items()}
+        slots = stack_slots(forecasts, self.slots, across_stations=across_stations)
+        return Fleet(MappingProxyType(models), MappingProxyType(slots))
+
+
+EMPTY_FLEET = Fleet(MappingProxyType({}), MappingProxyType({}))
 
 
 def decode_pointer(raw: bytes | None) -> PromotionPointer:
@@ -150,12 +173,22 @@ def load_serving_model(
 def _warm_up(forecast: Forecast, input_len: int, step: np.timedelta64) -> None:
     """One prediction before serving: the first torch call is slow, and a broken model fails here,
     before the swap, instead of on a user's request."""
-    start = np.datetime64("2020-01-01T00:00:00", "us")
-    timestamps = start + np.arange(input_len) * np.timedelta64(step, "us")
-    kpis = np.zeros((input_len, len(KPI_COLUMNS)))
-    out = forecast.predict(timestamps, kpis, 2)
+    out = forecast.predict_many([_warm_up_window(input_len, step)])[0]
     if out.shape != (2, len(KPI_COLUMNS)):
         raise ValueError(f"model answered shape {out.shape} on the warm-up window")
+
+
+def _warm_up_slot(slot: Slot, input_len: int, step: np.timedelta64) -> None:
+    """The warm-up prediction through the stack the model will be served from."""
+    out = slot.stack.predict_many([slot.member], [_warm_up_window(input_len, step)])[0]
+    if out.shape != (2, len(KPI_COLUMNS)):
+        raise ValueError(f"model answered shape {out.shape} from its stack on the warm-up window")
+
+
+def _warm_up_window(input_len: int, step: np.timedelta64) -> Window:
+    start = np.datetime64("2020-01-01T00:00:00", "us")
+    timestamps = start + np.arange(input_len) * np.timedelta64(step, "us")
+    return timestamps, np.zeros((input_len, len(KPI_COLUMNS))), 2
 
 
 @dataclass(frozen=True)
@@ -173,9 +206,9 @@ class LoadFailure:
 class ModelManager:
     """Holds one live `ServingModel` per station and keeps each in step with its promotions.
 
-    Every station swaps on its own: `models` is an immutable mapping replaced whole (one
-    reference assignment) when any station's new model is ready, so a request reads it once and
-    resolves its station's model from that snapshot; another station's swap cannot touch it.
+    Every station swaps on its own: `fleet` is immutable and replaced whole (one reference
+    assignment) when any station's new model is ready, so a request reads it once and resolves
+    its station's model and slot from that snapshot; another station's swap cannot touch it.
     """
 
     def __init__(
@@ -189,7 +222,7 @@ class ModelManager:
         self.backoff = Backoff(settings.MODEL_RELOAD_BACKOFF_S, settings.MODEL_RELOAD_MAX_BACKOFF_S)
         self._loader = loader or self._load_from_mlflow
         self._configured = frozenset(settings.IDENTIFIERS) if settings.IDENTIFIERS else None
-        self._models: Mapping[str, ServingModel] = MappingProxyType({})
+        self._fleet = EMPTY_FLEET
         # Guarded by _changed: the newest pointer per station, and per-station retry state.
         self._wanted: dict[str, PromotionPointer] = {}
         self._failed_attempts: dict[str, int] = {}
@@ -208,15 +241,20 @@ class ModelManager:
 
     # -- read side (request path): one attribute read, no lock -------------------------------
     @property
+    def fleet(self) -> Fleet:
+        """Every loaded station's model and slot; never changes (swaps replace it)."""
+        return self._fleet
+
+    @property
     def models(self) -> Mapping[str, ServingModel]:
         """Every loaded station's model; the mapping itself never changes (swaps replace it)."""
-        return self._models
+        return self._fleet.models
 
     def knows(self, identifier: str) -> bool:
         """A station this replica serves or will serve: configured, or with a champion pointer."""
         if self._configured is not None:
             return identifier in self._configured
-        return identifier in self._wanted or identifier in self._models
+        return identifier in self._wanted or identifier in self._fleet.models
 
     def follows(self, identifier: str) -> bool:
         return self._configured is None or identifier in self._configured
@@ -236,17 +274,17 @@ class ModelManager:
 
     def missing(self) -> list[str]:
         """Stations with a champion pointer but no model loaded yet (sorted)."""
-        models = self._models
+        models = self.models
         with self._changed:
             return sorted(identifier for identifier in self._wanted if identifier not in models)
 
     def ready(self) -> bool:
         """Every station with a champion is loaded, and there is at least one."""
-        return bool(self._models) and not self.missing()
+        return bool(self.models) and not self.missing()
 
     def pending(self) -> dict[str, str]:
         """Stations whose newest champion is not the one served yet: identifier -> its run_id."""
-        models = self._models
+        models = self.models
         with self._changed:
             wanted = dict(self._wanted)
         return {
@@ -258,7 +296,7 @@ class ModelManager:
     def status(self) -> dict[str, Any]:
         return {
             "model_ready": self.ready(),
-            "models_loaded": len(self._models),
+            "models_loaded": len(self.models),
             "consumer_assigned": self.consumer_assigned.is_set(),
             "pointer_checked": self.pointer_checked.is_set(),
             "swaps": self.swaps,
@@ -336,19 +374,22 @@ class ModelManager:
                     return
             try:
                 model = self._loader(pointer)
+                # Only this thread replaces the fleet, so the one built here is current at the swap.
+                fleet = self._fleet.with_model(model, across_stations=self.settings.BATCH_ACROSS_STATIONS)
+                _warm_up_slot(fleet.slots[pointer.identifier], model.input_seq_len, model.step)
             except Exception as exc:  # any failure keeps the station's old model; retried later
                 self._on_load_failure(pointer, exc)
                 continue
             with self._changed:
                 if self._wanted.get(pointer.identifier) is not pointer:
                     continue  # superseded while loading; the newer one is loaded next
-                self._swap(model)
+                self._swap(fleet, pointer.identifier)
 
     def _next_load(self) -> PromotionPointer | None:
         """The station to load now (caller holds the lock): one whose newest champion is not
         served and whose backoff has run out, the longest-waiting first."""
         now = time.monotonic()
-        models = self._models
+        models = self.models
         due = [
             (self._retry_at.get(identifier, 0.0), identifier)
             for identifier, pointer in self._wanted.items()
@@ -363,12 +404,13 @@ class ModelManager:
             return 1.0
         return max(0.01, min(1.0, min(self._retry_at.values()) - time.monotonic()))
 
-    def _swap(self, model: ServingModel) -> None:
-        """Replace the mapping whole (caller holds the lock): requests see the old mapping or the
-        new one, and every other station's entry is the same object in both."""
-        identifier = model.pointer.identifier
-        old = self._models.get(identifier)
-        self._models = MappingProxyType({**self._models, identifier: model})
+    def _swap(self, fleet: Fleet, identifier: str) -> None:
+        """Serve `fleet`, the current one with `identifier`'s new model (caller holds the lock):
+        requests see the old fleet or the new one, and every other station's model is the same
+        object in both."""
+        model = fleet.models[identifier]
+        old = self._fleet.models.get(identifier)
+        self._fleet = fleet
         self.swaps += 1
         self._failures.pop(identifier, None)
         self._failed_attempts.pop(identifier, None)
@@ -376,7 +418,7 @@ class ModelManager:
         if self.metrics is not None:
             self.metrics.swaps.inc()
             self.metrics.model_ready.set(1)
-            self.metrics.models_loaded.set(len(self._models))
+            self.metrics.models_loaded.set(len(fleet.models))
             label = self.metrics.identifiers.admit(identifier)
             if old is not None:
                 self.metrics.model_info.remove(*self._info_labels(old, label))
@@ -388,7 +430,7 @@ class ModelManager:
                 "run_id": model.pointer.run_id,
                 "model_type": model.pointer.model_type.value,
                 "previous_run_id": old.pointer.run_id if old else None,
-                "stations_loaded": len(self._models),
+                "stations_loaded": len(fleet.models),
             },
         )
 

@@ -6,12 +6,12 @@ object, dependency solving and exit stacks; measured figures there) and the Fast
 `inference_container.routes.predict`, which documents the operation and answers identically
 (with PREDICT_FAST_PATH off it answers every request).
 
-Per request: the station -> model mapping read once (a swap mid-request, of this station or
-any other, cannot affect it), headers checked, body read with a size cap, orjson parse, the
+Per request: the fleet (station -> model and stack slot) read once (a swap mid-request, of this
+station or any other, cannot affect it), headers checked, body read with a size cap, orjson parse, the
 station resolved from `?identifier=` or the body's `"identifier"` (omitted: the only loaded
 station), numpy validation against that station's model (inference_container.validation,
-including its plausible KPI ranges), micro-batched forecast (clipped at the physical floor by the
-model runtime), orjson response. No shared mutable state.
+including its plausible KPI ranges), micro-batched forecast in the station's stack (clipped at
+the physical floor by the model runtime), orjson response. No shared mutable state.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ class PredictHandler:
         self.retry_after = [(b"retry-after", str(settings.RETRY_AFTER_S).encode())]
 
     async def __call__(self, headers: dict[bytes, bytes], query_string: bytes, read: BodyReader) -> Reply:
-        models = self.manager.models
+        fleet = self.manager.fleet
+        models = fleet.models
         if not models:
             return Reply(503, error_body("no model is loaded yet; retry later"), self.retry_after)
         station: str | None = None
@@ -132,7 +133,8 @@ class PredictHandler:
             return Reply(exc.status, error_body(exc.message, exc.fields), headers_out, station)
         # Every model type evaluates a window in well under a millisecond (Prophet's terms are
         # evaluated directly), so all of them go through the batcher on the event loop.
-        values = await self.batcher.predict(model, parsed.timestamps, parsed.kpis, parsed.inference_length)
+        slot = fleet.slots[station]
+        values = await self.batcher.predict(slot, parsed.timestamps, parsed.kpis, parsed.inference_length)
         if not np.isfinite(values).all():
             message = "the model's forecast is not finite for these values; are the KPIs in original units?"
             return Reply(422, error_body(message), [], station)

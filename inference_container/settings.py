@@ -68,6 +68,10 @@ class InferenceSettings(BaseServiceSettings):
     MAX_BATCH: int = Field(
         default=64, ge=1, le=4096, description="Most concurrent windows predicted in one forward pass"
     )
+    BATCH_ACROSS_STATIONS: bool = Field(
+        default=True,
+        description="One stacked pass for concurrent windows of stations' models of one kind and shape",
+    )
     TORCH_THREADS: int = Field(default=1, ge=1, le=64, description="torch intra-op threads per process")
     ACCESS_LOG: bool = Field(default=False, description="uvicorn access log (costly at high request rates)")
     PREDICT_FAST_PATH: bool = Field(

@@ -7,6 +7,10 @@ LOCUST_DATASETS in turn, so the swarm spreads its forecasts evenly over them. An
 /predict other than a 200 with `inference_length` finite predictions for the station asked
 counts as a failure, so a clean run is also the post-deploy smoke test.
 
+`flts run` points LOCUST_DATA_DIR at each station's test split as the preprocess job repaired it
+(flts_cli/locust_cmd.py), so a station with NaNs, duplicates or gaps in its raw CSV is replayed as
+the service accepts it; the Kubernetes image replays the clean CSVs baked into /app/data.
+
 Headless:  locust -f locust/locustfile.py --headless -u 10 -r 5 -t 30s --csv out/run --host http://127.0.0.1:8000
 Web mode:  locust -f locust/locustfile.py --host http://127.0.0.1:8000   (UI on :8089; POST /swarm
            with form fields user_count and spawn_rate, GET /stats/requests, POST /stop)
@@ -22,6 +26,13 @@ Environment (all optional):
 | LOCUST_HEALTH_WEIGHT      | 1                                    | task weight of GET /healthz           |
 | LOCUST_PREDICT_WEIGHT     | 19                                   | task weight of POST /predict          |
 | LOCUST_WAIT_MAX_S         | 0.05                                 | think time per user, 0..this, seconds |
+| LOCUST_RECONNECT_S        | 10                                   | seconds a user keeps its connection,  |
+|                           |                                      | then opens a new one; 0 = keep it     |
+
+Reconnecting matters behind a Kubernetes Service: it balances connections, not requests, so a user
+that kept its first connection would never reach a replica the HPA added during the swarm. Each
+user's first reconnect comes at a random point of its first period, so the swarm's reconnects are
+spread out instead of all landing at once.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import json
 import math
 import os
 import random
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -104,7 +116,20 @@ def build_bodies(
     return bodies
 
 
+def reconnect_seconds() -> float:
+    """LOCUST_RECONNECT_S: how long a user keeps one connection; 0 keeps it for the whole run."""
+    text = _env("LOCUST_RECONNECT_S", "10")
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"LOCUST_RECONNECT_S must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"LOCUST_RECONNECT_S must be 0 or a positive number of seconds, got {text!r}")
+    return seconds
+
+
 INFERENCE_LENGTH = int(_env("LOCUST_INFERENCE_LENGTH", "1"))
+RECONNECT_S = reconnect_seconds()
 _STATIONS = stations()
 # station -> its request bodies; the identifier is the dataset name, as the preprocess job sets it.
 BODIES = {
@@ -129,9 +154,25 @@ class InferenceUser(FastHttpUser):
         # in turn and slide forward row by row in each.
         self._stations = itertools.islice(itertools.cycle(_STATIONS), random.randrange(len(_STATIONS)), None)
         self._next = {name: random.randrange(len(bodies)) for name, bodies in BODIES.items()}
+        # As if the first connection had been opened at a random point of one period.
+        self._connected_at = time.monotonic() - random.uniform(0.0, RECONNECT_S)
+
+    def _reconnect_when_due(self) -> None:
+        """Close the user's connections once they are RECONNECT_S old: the next request opens a new
+        one, which the Service may send to another replica. Called between requests only (a user
+        is one greenlet), so no request is ever cut off."""
+        if RECONNECT_S <= 0:
+            return
+        now = time.monotonic()
+        if now - self._connected_at >= RECONNECT_S:
+            # FastHttpSession.client is geventhttpclient's user agent; closing it empties its pool
+            # of per-host clients, and the next request creates a client with a fresh socket.
+            self.client.client.close()
+            self._connected_at = now
 
     @task(int(_env("LOCUST_PREDICT_WEIGHT", "19")))
     def predict(self) -> None:
+        self._reconnect_when_due()
         station = next(self._stations)
         bodies = BODIES[station]
         body = bodies[self._next[station]]
@@ -157,6 +198,7 @@ class InferenceUser(FastHttpUser):
 
     @task(int(_env("LOCUST_HEALTH_WEIGHT", "1")))
     def healthz(self) -> None:
+        self._reconnect_when_due()
         with self.client.get("/healthz", catch_response=True) as response:
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}")

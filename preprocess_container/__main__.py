@@ -1,7 +1,8 @@
 """`python -m preprocess_container`: settings -> logging -> clients -> one run -> exit code.
 
-Exit codes: 0 processed (or reused) and claims published; 1 refused (reported on DLQ-training-data);
-2 invalid settings; 3 infrastructure unreachable or failing (the Job may retry).
+Exit codes: 0 processed (or reused) and claims published; 10 refused (reported on DLQ-training-data,
+permanent); 2 invalid settings (permanent); 3 infrastructure unreachable or failing (retried); 1 is
+left to crashes (an uncaught exception, retried).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 
 from preprocess_container.job import (
     EXIT_INFRA,
+    EXIT_INVALID_SETTINGS,
     INFRA_ERRORS,
     SERVICE,
     ensure_job_topics,
@@ -30,7 +32,7 @@ def main() -> int:
     try:
         settings = load_settings(PreprocessSettings)
     except SettingsError:
-        return 2
+        return EXIT_INVALID_SETTINGS
     configure_logging(SERVICE, settings.LOG_LEVEL)
     bootstrap = settings.KAFKA_BOOTSTRAP_SERVERS
     try:

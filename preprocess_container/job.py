@@ -12,7 +12,8 @@ One run:
 
 Data that can never be processed (`Refused`: a missing dataset object, a missing KPI column, an
 unparsable time column, too few rows...) is reported on `DLQ-training-data` and ends the run with
-EXIT_REFUSED; infrastructure trouble ends it with EXIT_INFRA so the Job is retried.
+EXIT_REFUSED (10), permanent; infrastructure trouble ends it with EXIT_INFRA (3) and a crash with
+Python's own 1, both retried by the Job.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = "preprocess"
 EXIT_OK = 0
-EXIT_REFUSED = 1
+# 1 is what Python exits with on an uncaught exception: a crash, which the Job retries. A refusal
+# needs a code of its own so that the Job's podFailurePolicy fails at once on it and only on it.
+EXIT_REFUSED = 10
+EXIT_INVALID_SETTINGS = 2
 EXIT_INFRA = 3
 
 

@@ -174,6 +174,34 @@ class PromotionDecision(Envelope):
         return self.decision is DecisionOutcome.PROMOTED
 
 
+class BatchTrigger(StrEnum):
+    CLAIM = "claim"  # an `inference-data` claim, forecast with the station's champion
+    PROMOTION = "promotion"  # a new champion, forecasting the station's latest claim again
+
+
+class BatchForecast(Envelope):
+    """A batch forecast of a claimed test split, on `batch-forecasts` once its Parquet is stored.
+
+    The Parquet (`bucket`/`object`) holds every row of the split with its one-step rolling
+    forecast, then `horizon` rows forecast after the last one; `metrics` are the batch's errors
+    in original units (`batch_rmse_down`, `batch_rmse_up`, ... and persistence's twins).
+    """
+
+    identifier: str = Field(min_length=1)
+    config_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    run_id: str = Field(min_length=1)
+    model_type: ModelType
+    model_uri: str
+    bucket: str = Field(min_length=1)
+    object: str = Field(min_length=1)
+    size: int = Field(ge=0)
+    rows: int = Field(ge=1)
+    horizon: int = Field(ge=1)
+    metrics: dict[str, float]
+    trigger: BatchTrigger
+    claim_event_id: str
+
+
 class DeadLetter(BaseModel):
     """What a consumer writes to `DLQ-<topic>` for a message that can never succeed."""
 

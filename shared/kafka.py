@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 1_000_000
 DLQ_PAYLOAD_LIMIT = 64 * 1024
-DEFAULT_PARTITIONS = 3
+# The one partition count of the pipeline topics, wherever they are created: here (the embedded
+# stack, the services' own ensure_topics), the Kafka pod's `topics` container and the broker's
+# num.partitions in .kubernetes/base/kafka.yaml (tests/k8s checks all three). In Kubernetes only that
+# container creates them: clients reach the broker once its pod is ready, i.e. once they exist.
+DEFAULT_PARTITIONS = 4
 
 
 class PoisonMessage(Exception):

@@ -1,4 +1,4 @@
-"""MLflow helpers: connection, experiments, finding runs by config hash, artifact download."""
+"""MLflow helpers: connection, experiments, finding runs by config hash, checking a run's artifacts."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import requests
 
+from shared.columns import KPI_COLUMNS
 from shared.kafka import TransientError
 
 if TYPE_CHECKING:
@@ -21,6 +22,14 @@ if TYPE_CHECKING:
 
 EXPERIMENT_RECURRENT = "Default"
 EXPERIMENT_NONML = "NonML"
+
+# The files a run's model cannot load without, as shared.model_runtime.pyfunc.save_mlflow_model
+# lays them out under the artifact path `<TYPE>`. Spelled out here rather than imported: the
+# runtime modules that name them import torch, which the Prophet trainer and the evaluator lack.
+_MODEL_DIR_FILES = ("MLmodel", "artifacts/scaler.json", "artifacts/preprocess_config.json")
+_RECURRENT_FILES = ("model_spec.json", "state_dict.pt")  # shared.model_runtime.networks
+_PROPHET_FILES = ("prophet_spec.json", *(f"{kpi}.json" for kpi in KPI_COLUMNS))  # ...prophet
+_WEIGHT_FILES = {"GRU": _RECURRENT_FILES, "LSTM": _RECURRENT_FILES, "PROPHET": _PROPHET_FILES}
 
 
 def configure_mlflow_client(timeout_s: int = 20, max_retries: int = 1) -> None:
@@ -147,3 +156,41 @@ def find_runs(
         max_results=200,
     )
     return [r for r in runs if r.info.status in statuses]
+
+
+def required_model_artifacts(model_type: str) -> tuple[str, ...]:
+    """Artifact paths, relative to a run's artifact root, that a `model_type` run must hold for
+    its model to load: `<TYPE>/MLmodel`, the scaler and preprocess config, and the weights.
+    ValueError for a model type FLTS does not train."""
+    weights = _WEIGHT_FILES.get(model_type)
+    if weights is None:
+        raise ValueError(f"unknown model type {model_type!r}; expected one of {', '.join(_WEIGHT_FILES)}")
+    return (
+        *(f"{model_type}/{name}" for name in _MODEL_DIR_FILES),
+        *(f"{model_type}/artifacts/model/{name}" for name in weights),
+    )
+
+
+def missing_model_artifacts(client: MlflowClient, run_id: str, model_type: str) -> list[str]:
+    """The required model artifacts (`required_model_artifacts`) that run `run_id` lacks in the
+    object store, in that order; [] when its model can be loaded. An empty object counts as
+    missing: no model file is empty, and an interrupted upload can leave one.
+
+    Lists the run's artifact folders through the MLflow server (one call per folder, nothing is
+    downloaded), so it answers what the store holds now, not what MLflow's metadata remembers.
+    Errors of the MLflow client propagate (wrap the call in your bounded retry)."""
+    required = required_model_artifacts(model_type)
+    present: dict[str, int | None] = {}
+    for folder in sorted({path.rsplit("/", 1)[0] for path in required}):
+        for item in client.list_artifacts(run_id, folder):
+            if not item.is_dir:
+                present[item.path] = item.file_size
+    return [path for path in required if path not in present or present[path] == 0]
+
+
+def describe_missing_artifacts(run_id: str, missing: list[str]) -> str:
+    """One sentence naming what a run lacks, for logs, events and error messages."""
+    return (
+        f"run {run_id} lacks its model artifacts {', '.join(missing)} in the object store "
+        f"(MLflow still lists the run, but its files are gone)"
+    )

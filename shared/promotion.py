@@ -1,12 +1,14 @@
 """Promotion objects in the `model-promotion` bucket (layout in DESIGN.md).
 
-- `<identifier>/<config_hash>/decision-<timestamp>.json`: the evaluator's decision for the hash,
-  promoted or refused, one per config hash. It is written before anything else happens, and a
-  config hash with a decision object is never decided again.
+- `<identifier>/<config_hash>/decision-<timestamp>.json`: the evaluator's decisions for the hash,
+  promoted or refused, oldest first by key. Each is written before anything else happens. A hash
+  normally has one; a type that reports after a decision made without it (PROMOTION_TIMEOUT_S)
+  adds one more, and only a run no earlier decision scored can add one.
 - `<identifier>/<config_hash>/promotion-<timestamp>.json`: the pointer of a promotion (history).
-- `<identifier>/<config_hash>/published.json`: written after the decision (and, for a promotion,
-  the pointer) was flushed to Kafka, so a crash between the decision and the publish is finished
-  on redelivery, and a redelivery after it is a no-op.
+- `<identifier>/<config_hash>/published-<timestamp>.json`: written after the decision of the same
+  timestamp (and, for a promotion, the pointer) was flushed to Kafka, so a crash between a
+  decision and its publish is finished on redelivery, and a redelivery after it is a no-op.
+  (`published.json`, from before a hash could have several decisions, marks its first one.)
 - `<identifier>/current.json` and `current.json`: the live pointers (read by inference).
 - `_evaluator/pending/<config_hash>.json`: the evaluator's waiting state for a config hash
   (first event seen, failed types), so a restart keeps the promotion timeout and failures.
@@ -26,7 +28,8 @@ from shared.storage import ObjectNotFound, ObjectStore
 log = logging.getLogger(__name__)
 
 CURRENT_NAME = "current.json"
-PUBLISHED_NAME = "published.json"
+LEGACY_PUBLISHED_NAME = "published.json"
+PUBLISHED_PREFIX = "published-"
 HISTORY_PREFIX = "promotion-"
 DECISION_PREFIX = "decision-"
 PENDING_PREFIX = "_evaluator/pending/"
@@ -64,8 +67,13 @@ def decision_key(identifier: str, config_hash: str, timestamp: datetime) -> str:
     return f"{history_dir(identifier, config_hash)}{DECISION_PREFIX}{_stamp(timestamp)}.json"
 
 
-def published_key(identifier: str, config_hash: str) -> str:
-    return f"{history_dir(identifier, config_hash)}{PUBLISHED_NAME}"
+def published_key(identifier: str, config_hash: str, timestamp: datetime) -> str:
+    """The marker that the decision stamped `timestamp` reached Kafka."""
+    return f"{history_dir(identifier, config_hash)}{PUBLISHED_PREFIX}{_stamp(timestamp)}.json"
+
+
+def legacy_published_key(identifier: str, config_hash: str) -> str:
+    return f"{history_dir(identifier, config_hash)}{LEGACY_PUBLISHED_NAME}"
 
 
 def pending_key(config_hash: str) -> str:
@@ -147,34 +155,56 @@ def load_decision(store: ObjectStore, bucket: str, key: str) -> PromotionDecisio
     return PromotionDecision.model_validate(store.get_json(bucket, key))
 
 
-def latest_decision(
+def load_decisions(
     store: ObjectStore, bucket: str, identifier: str, config_hash: str
-) -> PromotionDecision | None:
-    """The decision made for `config_hash`, or None when none was made yet.
+) -> list[PromotionDecision]:
+    """Every decision made for `config_hash`, oldest first; empty when none was made yet.
 
-    A promotion recorded before decision objects existed (only `promotion-*.json`) still counts
-    as the decision, so such a hash is never decided twice.
+    A promotion recorded before decision objects existed (only `promotion-*.json`) counts as the
+    one decision, so such a hash is never decided from scratch again.
     """
     decisions = list_decisions(store, bucket, identifier, config_hash)
     if decisions:
-        return load_decision(store, bucket, decisions[-1])
+        return [load_decision(store, bucket, key) for key in decisions]
     history = list_history(store, bucket, identifier, config_hash)
     if not history:
-        return None
+        return []
     pointer = load_history(store, bucket, history[-1])
-    return PromotionDecision(
-        identifier=pointer.identifier,
-        config_hash=pointer.config_hash,
-        decision=DecisionOutcome.PROMOTED,
-        model_type=pointer.model_type,
-        run_id=pointer.run_id,
-        reason=f"promoted earlier (s3://{bucket}/{history[-1]})",
-        scoreboard=pointer.scoreboard,
-        weights=pointer.weights,
-        missing_model_types=pointer.missing_model_types,
-        pointer=pointer,
-        timestamp=pointer.timestamp,
-    )
+    return [
+        PromotionDecision(
+            identifier=pointer.identifier,
+            config_hash=pointer.config_hash,
+            decision=DecisionOutcome.PROMOTED,
+            model_type=pointer.model_type,
+            run_id=pointer.run_id,
+            reason=f"promoted earlier (s3://{bucket}/{history[-1]})",
+            scoreboard=pointer.scoreboard,
+            weights=pointer.weights,
+            missing_model_types=pointer.missing_model_types,
+            pointer=pointer,
+            timestamp=pointer.timestamp,
+            # Stable across loads, so the record is the same object every time it is read.
+            event_id=pointer.event_id,
+        )
+    ]
+
+
+def decision_in_force(decisions: list[PromotionDecision]) -> PromotionDecision | None:
+    """The decision that stands among a hash's decisions (oldest first): the latest promotion, or
+    the latest refusal when none promoted. A late result that lost to the champion is recorded as
+    a refusal, and must not make a promoted hash read as refused."""
+    promoted = [d for d in decisions if d.promoted]
+    if promoted:
+        return promoted[-1]
+    return decisions[-1] if decisions else None
+
+
+def latest_decision(
+    store: ObjectStore, bucket: str, identifier: str, config_hash: str
+) -> PromotionDecision | None:
+    """The decision in force for `config_hash` (see `decision_in_force`), or None when none was
+    made yet."""
+    return decision_in_force(load_decisions(store, bucket, identifier, config_hash))
 
 
 def write_current_pointers(store: ObjectStore, bucket: str, pointer: PromotionPointer) -> list[str]:
@@ -204,14 +234,27 @@ def write_current_pointers(store: ObjectStore, bucket: str, pointer: PromotionPo
     return written
 
 
-def is_published(store: ObjectStore, bucket: str, identifier: str, config_hash: str) -> bool:
-    return store.exists(bucket, published_key(identifier, config_hash))
+def is_published(store: ObjectStore, bucket: str, decision: PromotionDecision) -> bool:
+    """True once `decision` (and its pointer) reached Kafka."""
+    identifier, config_hash = decision.identifier, decision.config_hash
+    if store.exists(bucket, published_key(identifier, config_hash, decision.timestamp)):
+        return True
+    # Before a hash could have several decisions, one `published.json` marked its only one.
+    try:
+        legacy = store.get_json(bucket, legacy_published_key(identifier, config_hash))
+    except ObjectNotFound:
+        return False
+    except ValueError:
+        return True
+    if isinstance(legacy, dict) and legacy.get("event_id") == decision.event_id:
+        return True
+    return not list_decisions(store, bucket, identifier, config_hash)
 
 
 def mark_published(store: ObjectStore, bucket: str, decision: PromotionDecision, topics: list[str]) -> None:
     store.put_json(
         bucket,
-        published_key(decision.identifier, decision.config_hash),
+        published_key(decision.identifier, decision.config_hash, decision.timestamp),
         {
             "event_id": decision.event_id,
             "decision": decision.decision.value,

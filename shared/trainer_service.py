@@ -6,8 +6,10 @@ hands back a `Forecast` (shared.model_runtime.forecasting). The service scores e
 that Forecast's predict_many, in original units: the same code the inference service answers with.
 
 Handler order for one `training-data` claim (commit happens in ConsumerLoop after return):
-1. Idempotency: a FINISHED MLflow run for (config_hash, model_type) exists -> no retraining; its
-   SUCCESS event is published again and the claim is acknowledged. Re-publishing is harmless
+1. Idempotency: a FINISHED MLflow run for (config_hash, model_type) exists and its model
+   artifacts are in the object store -> no retraining; its SUCCESS event is published again and
+   the claim is acknowledged. (Artifacts gone -> logged with the run id and the missing files,
+   the run tagged `artifacts_missing`, and the claim trained again as below.) Re-publishing is harmless
    (the evaluator promotes once per config hash) and lets an evaluator that lost its state, or
    a claim re-published by preprocess, still reach a decision without any retraining.
 2. Orphaned RUNNING runs of the same pair (a trainer killed with -9) are marked KILLED.
@@ -45,8 +47,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from shared.accuracy import ALL_ERRORS, Error, forecast_metrics_from_original
-from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler, validation_start
+from shared.data import KPI_COLUMNS, MinMaxScaler, validation_start
 from shared.events import DataClaim, ModelType, TrainingEvent, TrainingStatus, dlq_topic
+from shared.health import HealthState, start_health_server, startup_budget_s, stop_health_server
 from shared.kafka import (
     ConsumerLoop,
     EventProducer,
@@ -61,9 +64,12 @@ from shared.kafka import (
 from shared.mlflow_utils import (
     configure_mlflow_client,
     connect,
+    describe_missing_artifacts,
     ensure_experiment,
     experiment_for,
     find_runs,
+    missing_model_artifacts,
+    mlflow_answers,
     mlflow_unreachable,
     wait_for_mlflow,
 )
@@ -72,6 +78,7 @@ from shared.model_runtime.pyfunc import save_mlflow_model, window_frame
 from shared.plots import plot_forecast, plot_loss_curve
 from shared.processed import InvalidMeta, ProcessedMeta, load_meta
 from shared.retry import Backoff, RetryBudgetExhausted, RetryStopped, retry_call
+from shared.rolling import PREDICT_CHUNK, ScoredRows, Series, forecast_rows, validate_frame
 from shared.settings.trainer import ParamValue, TrainerSettings
 from shared.storage import ObjectNotFound, ObjectStore
 
@@ -79,11 +86,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _LOG_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch call
+# Bounded start-up waits, each up to STARTUP_TIMEOUT_S: the broker and MLflow.
+STARTUP_WAITS = 2
 # Steps of the reported long-range forecast: one hour of 2-minute rows, what a planner asks for.
 REPORT_HORIZON = 30
-# Windows per predict_many call: large enough that a recurrent forward pass is not dominated by
-# per-call overhead, small enough that the recursive buffer of a horizon-30 batch stays a few MB.
-PREDICT_CHUNK = 512
 # The scoring families a finished run republishes (the run's other metrics, such as the per-epoch
 # val_loss, are not scores).
 _SCORE_PREFIXES = ("val_rmse", "val_mae", "val_mse", "baseline_val_", "test_", "baseline_test_")
@@ -166,79 +172,6 @@ class ProcessedData:
     validation_start: int  # first train row of the validation period
 
 
-@dataclass(frozen=True)
-class Series:
-    """One split as a Forecast is asked about it: timestamps and the 11 KPIs in original units."""
-
-    timestamps: np.ndarray  # (N,) datetime64[ns]
-    kpis: np.ndarray  # (N, 11) float64
-
-    @classmethod
-    def from_scaled(cls, frame: pd.DataFrame, scaler: MinMaxScaler) -> Series:
-        """Undo the train-fit scaling of a processed split (back to original units, to float64 rounding)."""
-        timestamps = pd.DatetimeIndex(frame.index).to_numpy(dtype="datetime64[ns]")
-        kpis = scaler.inverse_array(frame.loc[:, list(KPI_COLUMNS)].to_numpy(dtype=np.float64))
-        return cls(timestamps, kpis)
-
-
-@dataclass(frozen=True)
-class ScoredRows:
-    """A forecast of rows first..N-1 of a series, all in original units, next to persistence."""
-
-    timestamps: np.ndarray  # (rows,) of the predicted rows
-    predicted: np.ndarray  # (rows, 11)
-    actual: np.ndarray  # (rows, 11)
-    baseline: np.ndarray  # (rows, 11): the last value of each input window
-
-
-def forecast_rows(
-    forecast: Forecast,
-    series: Series,
-    first: int,
-    input_len: int,
-    horizon: int = 1,
-    chunk: int = PREDICT_CHUNK,
-) -> ScoredRows:
-    """Predict each row t in first..N-1 from the window of `input_len` rows ending `horizon` rows
-    before it: the window is rows t-horizon-input_len+1 .. t-horizon, the prediction the
-    `horizon`-th step of its recursive forecast, the baseline row t-horizon.
-
-    Windows may reach back before `first` (validation windows start in the fitted rows, as a
-    request does at inference time). ValueError when a window would start before row 0, when there
-    is nothing to predict, or when the forecast answers the wrong shape.
-    """
-    rows = len(series.kpis)
-    if horizon < 1 or input_len < 1 or chunk < 1:
-        raise ValueError("horizon, input_len and chunk must be positive")
-    if first < input_len + horizon - 1:
-        raise ValueError(f"row {first} has no full window of {input_len} rows {horizon} steps before it")
-    if first >= rows:
-        raise ValueError(f"no rows to predict: the series has {rows} rows, scoring starts at row {first}")
-    ends = np.arange(first - horizon, rows - horizon)  # the last row of each input window
-    predicted = np.empty((len(ends), series.kpis.shape[1]), dtype=np.float64)
-    for start in range(0, len(ends), chunk):
-        batch = ends[start : start + chunk]
-        # Views, not copies: a window is two slices of the series.
-        windows = [
-            (
-                series.timestamps[end + 1 - input_len : end + 1],
-                series.kpis[end + 1 - input_len : end + 1],
-                horizon,
-            )
-            for end in batch
-        ]
-        answers = forecast.predict_many(windows)
-        expected = (horizon, series.kpis.shape[1])
-        if len(answers) != len(windows) or any(np.shape(a) != expected for a in answers):
-            shapes = sorted({np.shape(a) for a in answers})
-            raise ValueError(
-                f"forecast answered {len(answers)} arrays of shapes {shapes} for {len(windows)} "
-                f"windows; expected shape {expected} each"
-            )
-        predicted[start : start + len(batch)] = np.stack(answers)[:, horizon - 1]
-    return ScoredRows(series.timestamps[first:], predicted, series.kpis[first:], series.kpis[ends])
-
-
 def score_forecast(
     forecast: Forecast,
     train: Series,
@@ -281,20 +214,6 @@ def _metric_family(
     return forecast_metrics_from_original(
         scored.predicted, scored.actual, scored.baseline, scaler, prefix=prefix, errors=errors
     )
-
-
-def validate_frame(frame: pd.DataFrame, name: str) -> pd.DataFrame:
-    """Check the processed-data contract; raise PoisonMessage naming what is wrong."""
-    if list(frame.columns) != list(FEATURE_COLUMNS):
-        raise PoisonMessage(f"{name}: columns {list(frame.columns)} differ from {list(FEATURE_COLUMNS)}")
-    if not isinstance(frame.index, pd.DatetimeIndex):
-        raise PoisonMessage(f"{name}: index is {type(frame.index).__name__}, not a DatetimeIndex")
-    if not frame.index.is_monotonic_increasing or frame.index.has_duplicates:
-        raise PoisonMessage(f"{name}: time index is not strictly increasing")
-    values = frame.to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        raise PoisonMessage(f"{name}: contains NaN or infinite values")
-    return frame.astype(np.float64)
 
 
 class TrainerService:
@@ -438,6 +357,19 @@ class TrainerService:
         if not runs:
             return False
         run = runs[0]
+        # MLflow's metadata can outlive the objects it points at (a restarted embedded S3 server,
+        # an object store restored without its PostgreSQL): trust the store, not the listing.
+        missing = self.mlflow_call(
+            "list_artifacts", missing_model_artifacts, self.client, run.info.run_id, self.model_type.value
+        )
+        if missing:
+            reason = describe_missing_artifacts(run.info.run_id, missing)
+            log.warning(
+                "claim was trained, but the run's model artifacts are missing; retraining",
+                extra={**extra, "run_id": run.info.run_id, "missing": missing, "reason": reason},
+            )
+            self._mark_broken(run.info.run_id, reason)
+            return False
         log.info(
             "claim already trained; acknowledging without retraining",
             extra={**extra, "run_id": run.info.run_id},
@@ -445,6 +377,14 @@ class TrainerService:
         metrics = {k: float(v) for k, v in run.data.metrics.items() if k.startswith(_SCORE_PREFIXES)}
         self.publish(claim, TrainingStatus.SUCCESS, run_id=run.info.run_id, metrics=metrics)
         return True
+
+    def _mark_broken(self, run_id: str, reason: str) -> None:
+        """Best effort: tag the run whose files are gone, so its page in MLflow says why it was
+        trained again. Its status stays FINISHED: the run did finish, and its metrics stand."""
+        try:
+            self.client.set_tag(run_id, "artifacts_missing", reason[:4000])
+        except Exception as exc:
+            log.warning("could not tag the run", extra={"run_id": run_id, "error": str(exc)})
 
     def _close_orphans(self, claim: DataClaim) -> None:
         orphans = self.mlflow_call(
@@ -662,26 +602,50 @@ class TrainerService:
         )
 
 
-def run_trainer(settings: TrainerSettings, trainer: ModelTrainer, service: str, stop: threading.Event) -> int:
+def run_trainer(
+    settings: TrainerSettings,
+    trainer: ModelTrainer,
+    service: str,
+    stop: threading.Event,
+    *,
+    health_port: int | None = None,
+) -> int:
     """Consume claims until `stop`; return the process exit code.
 
+    With `health_port`, probes are served (shared.health) from before the first dependency wait:
+    live while the bounded waits run, ready once consuming with MLflow answering.
     Infrastructure that stays unreachable past the bounded waits and retries ends the process
     with 1, uncommitted, so the orchestrator restarts it and the claim is delivered again."""
+    health = HealthState(
+        service,
+        ready_checks={"mlflow": lambda: mlflow_answers(settings.MLFLOW_TRACKING_URI, timeout_s=2.0)},
+        startup_budget_s=startup_budget_s(settings.STARTUP_TIMEOUT_S, STARTUP_WAITS),
+    )
+    server = None if health_port is None else start_health_server(health_port, health)
     try:
-        _consume_claims(settings, trainer, service, stop)
+        _consume_claims(settings, trainer, service, stop, health)
     except (RetriesExhausted, TransientError) as exc:
         log.error("giving up; exiting so the orchestrator restarts us", extra={"error": str(exc)})
         return 1
+    finally:
+        health.stop_consuming()
+        if server is not None:
+            stop_health_server(server)
     log.info("stopped")
     return 0
 
 
 def _consume_claims(
-    settings: TrainerSettings, trainer: ModelTrainer, service: str, stop: threading.Event
+    settings: TrainerSettings,
+    trainer: ModelTrainer,
+    service: str,
+    stop: threading.Event,
+    health: HealthState,
 ) -> None:
     """Connect to Kafka, S3 and MLflow (bounded waits), then consume claims until `stop`."""
     configure_mlflow_client()
     bootstrap = settings.KAFKA_BOOTSTRAP_SERVERS
+    health.waiting_for("kafka")
     wait_for_broker(bootstrap, settings.STARTUP_TIMEOUT_S)
     topics: Sequence[str] = (
         settings.TOPIC_TRAINING_DATA,
@@ -689,7 +653,10 @@ def _consume_claims(
         dlq_topic(settings.TOPIC_TRAINING_DATA),
     )
     ensure_topics(bootstrap, topics)
+    health.waiting_for("mlflow")
     wait_for_mlflow(settings.MLFLOW_TRACKING_URI, settings.STARTUP_TIMEOUT_S)
+    if stop.is_set():
+        return
     client = connect(settings.MLFLOW_TRACKING_URI)
     producer = EventProducer(bootstrap, client_id=service)
     service_obj = TrainerService(
@@ -700,19 +667,21 @@ def _consume_claims(
         producer=producer,
         stop=stop,
     )
-    service_obj.experiment_id()
-    loop = ConsumerLoop.from_settings(
-        settings,
-        group_id=settings.group_id(),
-        topics={settings.TOPIC_TRAINING_DATA: DataClaim},
-        # The loop hands the handler the model registered for its topic (a DataClaim), which a
-        # Callable[[BaseModel, ...]] cannot say.
-        handler=service_obj.handle,  # type: ignore[arg-type]
-        service=service,
-        producer=producer,
-        stop=stop,
-    )
     try:
+        health.waiting_for("mlflow experiment")
+        service_obj.experiment_id()
+        loop = ConsumerLoop.from_settings(
+            settings,
+            group_id=settings.group_id(),
+            topics={settings.TOPIC_TRAINING_DATA: DataClaim},
+            # The loop hands the handler the model registered for its topic (a DataClaim), which a
+            # Callable[[BaseModel, ...]] cannot say.
+            handler=service_obj.handle,  # type: ignore[arg-type]
+            service=service,
+            producer=producer,
+            stop=stop,
+        )
+        health.start_consuming()
         loop.run()
     finally:
         producer.close()

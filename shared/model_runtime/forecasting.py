@@ -23,6 +23,9 @@ _MINUTES_PER_DAY = 1440.0
 # 1970-01-01 was a Thursday; pandas numbers Monday as 0, so Thursday is 3.
 _EPOCH_DAY_OF_WEEK = 3
 
+# What a forecast answers: (timestamps (n,) datetime64, KPIs (n, 11) original units, horizon).
+Window = tuple[np.ndarray, np.ndarray, int]
+
 
 class Forecast(Protocol):
     """A loaded model ready to answer: what the inference service holds and swaps."""
@@ -35,7 +38,7 @@ class Forecast(Protocol):
 
     def predict(self, timestamps: np.ndarray, kpis: np.ndarray, horizon: int) -> np.ndarray: ...
 
-    def predict_many(self, windows: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]: ...
+    def predict_many(self, windows: Sequence[Window]) -> list[np.ndarray]: ...
 
 
 def time_feature_array(timestamps: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from shared.data import KPI_COLUMNS, MinMaxScaler
-from shared.model_runtime.forecasting import kpi_scaler_arrays
+from shared.model_runtime.forecasting import Window, kpi_scaler_arrays
 from shared.model_runtime.ranges import KpiRanges
 
 if TYPE_CHECKING:
@@ -65,6 +65,10 @@ class ProphetCurves:
     Fourier features (a sine and a cosine per distinct frequency over all models; a model without
     a frequency has coefficient 0 there). Seasonalities sharing a frequency share its features:
     the model is linear in them, so their coefficients add.
+
+    Curves of several stations (`stacked`) carry a leading station axis on every array but
+    `frequencies`, padded the same way; `take` picks a row per window, and `evaluate` broadcasts
+    those rows against the windows' timestamps.
     """
 
     columns: tuple[str, ...]
@@ -124,24 +128,96 @@ class ProphetCurves:
             beta_multiplicative=beta_mult,
         )
 
+    @classmethod
+    def stacked(cls, curves: Sequence[ProphetCurves]) -> ProphetCurves:
+        """Several stations' curves (no leading axis each) on one leading station axis: changepoints
+        padded to the most any station has, Fourier features over every station's frequencies."""
+        columns = curves[0].columns
+        if any(c.columns != columns or c.start_ns.ndim != 1 for c in curves):
+            raise ValueError("only single curves over the same columns can be stacked")
+        frequencies = np.array(sorted({float(f) for c in curves for f in c.frequencies}), dtype=np.float64)
+        n_cp = max(c.changepoints_t.shape[1] for c in curves)
+        n_features = 2 * frequencies.size
+
+        def padded(values: Floats, fill: float) -> Floats:
+            return np.pad(values, ((0, 0), (0, n_cp - values.shape[1])), constant_values=fill)
+
+        def betas(c: ProphetCurves, beta: Floats) -> Floats:
+            # Each station's rows moved to the positions of its frequencies among all of them.
+            rows = 2 * np.searchsorted(frequencies, c.frequencies)
+            out = np.zeros((n_features, len(columns)))
+            out[rows] = beta[0::2]
+            out[rows + 1] = beta[1::2]
+            return out
+
+        return cls(
+            columns=columns,
+            start_ns=np.stack([c.start_ns for c in curves]),
+            t_scale_ns=np.stack([c.t_scale_ns for c in curves]),
+            k=np.stack([c.k for c in curves]),
+            m=np.stack([c.m for c in curves]),
+            changepoints_t=np.stack([padded(c.changepoints_t, np.inf) for c in curves]),
+            deltas=np.stack([padded(c.deltas, 0.0) for c in curves]),
+            offset_changes=np.stack([padded(c.offset_changes, 0.0) for c in curves]),
+            flat=np.stack([c.flat for c in curves]),
+            y_scale=np.stack([c.y_scale for c in curves]),
+            floor=np.stack([c.floor for c in curves]),
+            frequencies=frequencies,
+            beta_additive=np.stack([betas(c, c.beta_additive) for c in curves]),
+            beta_multiplicative=np.stack([betas(c, c.beta_multiplicative) for c in curves]),
+        )
+
+    def take(self, rows: npt.NDArray[np.int64]) -> ProphetCurves:
+        """Stacked curves: the station of each row, in order (one per window)."""
+        return ProphetCurves(
+            columns=self.columns,
+            start_ns=self.start_ns[rows],
+            t_scale_ns=self.t_scale_ns[rows],
+            k=self.k[rows],
+            m=self.m[rows],
+            changepoints_t=self.changepoints_t[rows],
+            deltas=self.deltas[rows],
+            offset_changes=self.offset_changes[rows],
+            flat=self.flat[rows],
+            y_scale=self.y_scale[rows],
+            floor=self.floor[rows],
+            frequencies=self.frequencies,
+            beta_additive=self.beta_additive[rows],
+            beta_multiplicative=self.beta_multiplicative[rows],
+        )
+
     def evaluate(self, timestamps: npt.ArrayLike) -> Floats:
-        """`yhat` of every model at `timestamps` (datetime64): shape (len(timestamps), K)."""
+        """`yhat` of every model at `timestamps` (datetime64): shape (len(timestamps), K). Curves
+        with a leading axis (`take`) evaluate timestamps (B, n) row by row: shape (B, n, K)."""
         ns = np.asarray(timestamps, dtype="datetime64[ns]").astype(np.int64)
-        t = (ns[:, None] - self.start_ns[None, :]).astype(np.float64) / self.t_scale_ns
-        active = self.changepoints_t[None, :, :] <= t[:, :, None]
-        rate = self.k + (active * self.deltas).sum(axis=-1)
-        offset = self.m + (active * self.offset_changes).sum(axis=-1)
-        trend = np.where(self.flat, self.m, rate * t + offset) * self.y_scale + self.floor
+
+        def per_step(values: np.ndarray) -> np.ndarray:  # (..., K) -> (..., 1, K)
+            return values[..., None, :]
+
+        t = (ns[..., :, None] - per_step(self.start_ns)).astype(np.float64) / per_step(self.t_scale_ns)
+        active = self.changepoints_t[..., None, :, :] <= t[..., None]
+        rate = per_step(self.k) + (active * self.deltas[..., None, :, :]).sum(axis=-1)
+        offset = per_step(self.m) + (active * self.offset_changes[..., None, :, :]).sum(axis=-1)
+        trend = np.where(per_step(self.flat), per_step(self.m), rate * t + offset)
+        trend = trend * per_step(self.y_scale) + per_step(self.floor)
         if self.frequencies.size == 0:
             return np.asarray(trend, dtype=np.float64)
         # Prophet's fourier_series: days since the epoch, angle = (i + 1) / period * 2 pi days.
         days = ns.astype(np.float64) / _NS_PER_SECOND / _SECONDS_PER_DAY
-        angles = self.frequencies[None, :] * (np.pi * 2 * days)[:, None]
-        features = np.empty((len(ns), 2 * self.frequencies.size), dtype=np.float64)
-        features[:, 0::2] = np.sin(angles)
-        features[:, 1::2] = np.cos(angles)
-        yhat = trend * (1.0 + features @ self.beta_multiplicative) + features @ self.beta_additive
+        angles = self.frequencies * (np.pi * 2 * days)[..., None]
+        features = np.empty((*ns.shape, 2 * self.frequencies.size), dtype=np.float64)
+        features[..., 0::2] = np.sin(angles)
+        features[..., 1::2] = np.cos(angles)
+        seasonal_mult = _weighted_sum(features, self.beta_multiplicative)
+        yhat = trend * (1.0 + seasonal_mult) + _weighted_sum(features, self.beta_additive)
         return np.asarray(yhat, dtype=np.float64)
+
+
+def _weighted_sum(features: Floats, beta: Floats) -> Floats:
+    """features (..., n, F) times beta (..., F, K), summed over F in order: unlike a BLAS product,
+    whose kernel (and rounding) depends on n, a row's value never depends on the other rows, so a
+    window's forecast is the same whatever horizon the windows batched with it ask for."""
+    return np.asarray((features[..., :, :, None] * beta[..., None, :, :]).sum(axis=-2), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -284,40 +360,119 @@ class ProphetForecast:
         """`horizon` rows of the 11 KPIs (original units) after the last of `timestamps`."""
         return self.predict_many([(timestamps, kpis, horizon)])[0]
 
-    def predict_many(self, windows: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> list[np.ndarray]:
+    def predict_many(self, windows: Sequence[Window]) -> list[np.ndarray]:
         """Several (timestamps, kpis, horizon) windows at once: one curve evaluation for all of
         their timestamps, one vectorised step per horizon row."""
         if not windows:
             return []
-        lags = self.correction.lags
-        n_kpi = len(KPI_COLUMNS)
-        for timestamps, kpis, horizon in windows:
-            if horizon < 1:
-                raise ValueError("horizon must be at least 1")
-            if len(timestamps) < self.input_seq_len or np.shape(kpis) != (len(timestamps), n_kpi):
-                raise ValueError(f"need at least {self.input_seq_len} rows of timestamps and {n_kpi} KPIs")
-        lo, span = kpi_scaler_arrays(self.scaler)
-        ranges = KpiRanges.from_scaler(self.scaler)
-        floor = (ranges.low - lo) / span
+        _check_windows(windows, self.input_seq_len)
         longest = max(h for _, _, h in windows)
-        last = np.array([np.asarray(ts[-1], dtype="datetime64[ns]") for ts, _, _ in windows])
         # The curve at each window's last timestamp and the `longest` after it; windows of a
         # scoring pass overlap almost entirely, so each distinct timestamp is evaluated once.
-        grid = last[:, None] + np.arange(longest + 1, dtype=np.int64) * np.timedelta64(self.step, "ns")
+        grid = _grid(windows, self.step, longest)
         unique, inverse = np.unique(grid.reshape(-1), return_inverse=True)
-        curve = self.curves.evaluate(unique)[inverse].reshape(len(windows), longest + 1, n_kpi)
-        prophet_steps = np.diff(curve, axis=1) * self.correction.gain
-        buffer = np.empty((len(windows), lags + longest, n_kpi), dtype=np.float64)
-        buffer[:, :lags] = (
-            np.stack([np.asarray(k[-lags:], dtype=np.float64) for _, k, _ in windows]) - lo
-        ) / span
-        weights = self.correction.weights.T  # (lags, K)
-        for h in range(longest):
-            nxt = np.einsum("blk,lk->bk", buffer[:, h : h + lags], weights) + prophet_steps[:, h]
-            # Fed-back steps are clipped too: the next step must not build on an impossible value.
-            buffer[:, lags + h] = np.maximum(nxt, floor)
-        out = ranges.clip(buffer[:, lags:] * span + lo)
-        return [out[b, :horizon] for b, (_, _, horizon) in enumerate(windows)]
+        curve = self.curves.evaluate(unique)[inverse].reshape(*grid.shape, len(KPI_COLUMNS))
+        lo, span = kpi_scaler_arrays(self.scaler)
+        return _roll_forward(
+            windows,
+            curve,
+            self.correction.weights.T,
+            self.correction.gain,
+            lo,
+            span,
+            KpiRanges.from_scaler(self.scaler).low,
+        )
+
+    @property
+    def stack_key(self) -> Hashable:
+        """Forecasts with equal keys can share a `ProphetStack` (any curves can)."""
+        return ("prophet", self.input_seq_len, self.step, self.correction.lags)
+
+    @staticmethod
+    def stack(forecasts: Sequence[ProphetForecast]) -> ProphetStack:
+        return ProphetStack(forecasts)
+
+
+class ProphetStack:
+    """Several stations' ProphetForecasts of one stack key answering windows of any of them with
+    one curve evaluation and one vectorised step per horizon row; immutable once built."""
+
+    def __init__(self, forecasts: Sequence[ProphetForecast]) -> None:
+        keys = {forecast.stack_key for forecast in forecasts}
+        if len(keys) != 1:
+            raise ValueError(f"forecasts of different shapes cannot share a stack: {keys}")
+        first = forecasts[0]
+        self.members = tuple(forecasts)
+        self.input_seq_len = first.input_seq_len
+        self.step = first.step
+        self.curves = ProphetCurves.stacked([f.curves for f in forecasts])
+        self.weights = np.stack([f.correction.weights.T for f in forecasts])  # (M, lags, K)
+        self.gain = np.stack([f.correction.gain for f in forecasts])
+        scalers = [kpi_scaler_arrays(f.scaler) for f in forecasts]
+        self.lo = np.stack([lo for lo, _ in scalers])
+        self.span = np.stack([span for _, span in scalers])
+        self.low = np.stack([KpiRanges.from_scaler(f.scaler).low for f in forecasts])
+
+    def predict_many(self, members: Sequence[int], windows: Sequence[Window]) -> list[np.ndarray]:
+        """Window i answered by member `members[i]`, as that member's `predict_many` would."""
+        if not windows:
+            return []
+        _check_windows(windows, self.input_seq_len)
+        rows = np.asarray(members, dtype=np.int64)
+        grid = _grid(windows, self.step, max(h for _, _, h in windows))
+        return _roll_forward(
+            windows,
+            self.curves.take(rows).evaluate(grid),
+            self.weights[rows],
+            self.gain[rows, None],
+            self.lo[rows, None],
+            self.span[rows, None],
+            self.low[rows, None],
+        )
+
+
+def _check_windows(windows: Sequence[Window], input_seq_len: int) -> None:
+    n_kpi = len(KPI_COLUMNS)
+    for timestamps, kpis, horizon in windows:
+        if horizon < 1:
+            raise ValueError("horizon must be at least 1")
+        if len(timestamps) < input_seq_len or np.shape(kpis) != (len(timestamps), n_kpi):
+            raise ValueError(f"need at least {input_seq_len} rows of timestamps and {n_kpi} KPIs")
+
+
+def _grid(windows: Sequence[Window], step: np.timedelta64, longest: int) -> npt.NDArray[np.datetime64]:
+    """(windows, longest + 1): each window's last timestamp and the `longest` after it."""
+    last = np.array([np.asarray(ts[-1], dtype="datetime64[ns]") for ts, _, _ in windows])
+    offsets = np.arange(longest + 1, dtype=np.int64) * np.timedelta64(step, "ns")
+    return np.asarray(last[:, None] + offsets, dtype="datetime64[ns]")
+
+
+def _roll_forward(
+    windows: Sequence[Window],
+    curve: Floats,
+    weights: Floats,
+    gain: Floats,
+    lo: Floats,
+    span: Floats,
+    low: Floats,
+) -> list[np.ndarray]:
+    """The window correction applied step by step along Prophet's `curve` (windows, steps + 1, K).
+
+    One model: `weights` (lags, K), the others (K,). A stack: a row per window, `weights`
+    (windows, lags, K) and the others (windows, 1, K)."""
+    lags = weights.shape[-2]
+    longest = curve.shape[1] - 1
+    floor = (low - lo) / span
+    prophet_steps = np.diff(curve, axis=1) * gain
+    buffer = np.empty((len(windows), lags + longest, len(KPI_COLUMNS)), dtype=np.float64)
+    recent = np.stack([np.asarray(k[-lags:], dtype=np.float64) for _, k, _ in windows])
+    buffer[:, :lags] = (recent - lo) / span
+    for h in range(longest):
+        nxt = (buffer[:, h : h + lags] * weights).sum(axis=1) + prophet_steps[:, h]
+        # Fed-back steps are clipped too: the next step must not build on an impossible value.
+        np.maximum(nxt[:, None], floor, out=buffer[:, lags + h : lags + h + 1])
+    out = np.maximum(buffer[:, lags:] * span + lo, low)
+    return [out[b, :horizon] for b, (_, _, horizon) in enumerate(windows)]
 
 
 # --- storage ------------------------------------------------------------------------------------

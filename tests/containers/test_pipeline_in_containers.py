@@ -108,7 +108,8 @@ def test_pipeline_runs_in_containers_from_job_to_a_load_test_with_zero_failures(
         evaluator_url = f"http://127.0.0.1:{pods.ports['HEALTH_PORT']}"
         wait_until(lambda: _ok(f"{evaluator_url}/readyz"), timeout_s=120, what="the evaluator ready")
 
-        job = pods.spec("Job", "preprocess")
+        # A run as `kubectl create job --from=cronjob/preprocess` makes it: the template's pod.
+        job = pods.spec("CronJob", "preprocess")
         ran = docker(
             *job.run_argv(unique_container_name("preprocess"), detach=False)[1:], timeout_s=300, check=False
         )

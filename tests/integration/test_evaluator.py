@@ -1,7 +1,8 @@
 """The evaluator as a real process against the real broker, S3 server and MLflow server.
 
-MLflow runs are created here with the contract's tags and metrics (no training), then the
-trainers' `model-training` events are published by hand. What comes out: a decision on
+MLflow runs are created here with the contract's tags and metrics and a stand-in for each model
+file the evaluator requires to exist (no training), then the trainers' `model-training` events are
+published by hand. What comes out: a decision on
 `promotion-decisions` for every config hash, and the pointer on `model-selected` for promotions.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import urllib.error
 import urllib.request
 import uuid
@@ -33,7 +35,7 @@ from shared.events import (
     dlq_topic,
 )
 from shared.kafka import EventProducer, ensure_topics
-from shared.mlflow_utils import ensure_experiment, experiment_for
+from shared.mlflow_utils import ensure_experiment, experiment_for, required_model_artifacts
 from shared.scoring import DEFAULT_WEIGHTS as WEIGHTS
 from shared.scoring import Candidate, build_decision, select
 from shared.storage import ObjectStore
@@ -100,10 +102,12 @@ class Harness:
         up: float | None = None,
         test_rmse: float | None = None,
         validation: bool = True,
+        model_files: bool = True,
     ) -> str:
         """A run whose validation RMSE is `rmse` against persistence's `baseline_rmse`; `down` and
         `up` are in proportion unless `up` says otherwise. `validation=False`: a run logged only
-        test figures (as trainers did before validation metrics existed)."""
+        test figures (as trainers did before validation metrics existed). `model_files=False`:
+        a run whose model files are not in the object store."""
         experiment_id = ensure_experiment(self.client, experiment_for(model_type.value))
         run = self.client.create_run(
             experiment_id,
@@ -142,6 +146,8 @@ class Harness:
             }
         for name, value in metrics.items():
             self.client.log_metric(run_id, name, value)
+        if model_files:
+            log_model_files(self.client, run_id, model_type)
         self.client.set_terminated(run_id, status=status)
         return run_id
 
@@ -211,6 +217,17 @@ class Harness:
         return [value for _key, value in self.read_topic(dlq_topic(self.topics.training))]
 
 
+def log_model_files(client: MlflowClient, run_id: str, model_type: ModelType) -> None:
+    """A small, non-empty stand-in for every file the run's model needs, where a trainer puts
+    it: the evaluator checks that they exist, not what they hold."""
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        for path in required_model_artifacts(model_type.value):
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(f"stand-in for {path}\n")
+        client.log_artifacts(run_id, folder)
+
+
 def make_topics(stack: StackConfig, store: ObjectStore) -> Topics:
     suffix = uuid.uuid4().hex[:10]
     topics = Topics(
@@ -257,9 +274,9 @@ def shared_run(
         evaluator_env(service_env, topics, PROMOTION_TIMEOUT_S="3"),
         tmp_path_factory.mktemp("evaluator") / "evaluator.log",
     )
-    process.start_ready()
     harness = Harness(stack, object_store, topics)
     try:
+        process.start_ready()
         yield harness, process
     finally:
         assert process.stop() == 0, process.tail()
@@ -360,8 +377,13 @@ def test_newer_config_hash_replaces_the_live_pointer(shared_run: tuple[Harness, 
     promoted: list[str] = []
     for label in ("older", "newer"):
         config_hash = config_hash_for(label)
-        for model_type in (ModelType.GRU, ModelType.LSTM, ModelType.PROPHET):
-            run_id = harness.make_run(config_hash, identifier, model_type, rmse=0.2)
+        # Every run exists before the first event: a slow MLflow must not let the promotion
+        # timeout (3 s) decide without a type.
+        runs = {
+            t: harness.make_run(config_hash, identifier, t, rmse=0.2)
+            for t in (ModelType.GRU, ModelType.LSTM, ModelType.PROPHET)
+        }
+        for model_type, run_id in runs.items():
             harness.publish(harness.event(config_hash, identifier, model_type, run_id), config_hash)
         harness.wait_consumed()
         promoted.append(config_hash)
@@ -383,14 +405,27 @@ def test_promotion_cut_short_after_the_decision_write_is_finished_not_redone(
         t: harness.make_run(config_hash, identifier, t, rmse=0.2) for t in (ModelType.GRU, ModelType.LSTM)
     }
     prophet = harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.1)
+
     # What a crash right after the decision leaves: a decision object, no live pointer, no message.
-    figures = {"val_rmse": 0.1, "val_mae": 0.08, "val_mse": 0.01, "val_rmse_down": 10.0, "val_rmse_up": 5.0}
-    baselines = {"baseline_val_rmse": 1.0, "baseline_val_rmse_down": 100.0, "baseline_val_rmse_up": 50.0}
-    winner = Candidate(ModelType.PROPHET, prophet, "NonML", 1, figures | baselines)
+    # Its scoreboard has every run, as a real decision's has: none of them is a late result.
+    def figures(rmse: float) -> dict[str, float]:
+        return {
+            "val_rmse": rmse,
+            "val_mae": rmse * 0.8,
+            "val_mse": rmse * rmse,
+            "val_rmse_down": rmse * 100,
+            "val_rmse_up": rmse * 50,
+            "baseline_val_rmse": 1.0,
+            "baseline_val_rmse_down": 100.0,
+            "baseline_val_rmse_up": 50.0,
+        }
+
+    winner = Candidate(ModelType.PROPHET, prophet, "NonML", 1, figures(0.1))
+    others = [Candidate(t, run_id, "Default", 0, figures(0.2)) for t, run_id in runs.items()]
     decided = build_decision(
         identifier=identifier,
         config_hash=config_hash,
-        selection=select([winner]),
+        selection=select([winner, *others]),
         weights=WEIGHTS,
         skill_gate=True,
     )
@@ -410,7 +445,7 @@ def test_promotion_cut_short_after_the_decision_write_is_finished_not_redone(
     assert [d.event_id for d in harness.decisions(identifier)] == [decided.event_id]
     live = promotion.load_current_pointer(harness.store, harness.topics.bucket, identifier)
     assert live == decided.pointer
-    assert promotion.is_published(harness.store, harness.topics.bucket, identifier, config_hash)
+    assert promotion.is_published(harness.store, harness.topics.bucket, decided)
 
 
 def test_refusal_is_published_with_its_checks_and_nothing_goes_to_model_selected(
@@ -467,6 +502,44 @@ def test_refusal_is_published_with_its_checks_and_nothing_goes_to_model_selected
     assert len(harness.stored_decisions(identifier, config_hash)) == 1
 
 
+def test_run_whose_model_files_are_gone_is_left_out_and_the_best_loadable_one_wins(
+    shared_run: tuple[Harness, EvaluatorProcess],
+) -> None:
+    harness, process = shared_run
+    config_hash, identifier = config_hash_for("gone"), f"Site-{uuid.uuid4().hex[:6]}"
+    # GRU scores best, but MLflow lists it while the object store holds none of its files.
+    runs = {
+        ModelType.GRU: harness.make_run(config_hash, identifier, ModelType.GRU, rmse=0.1, model_files=False),
+        ModelType.LSTM: harness.make_run(config_hash, identifier, ModelType.LSTM, rmse=0.2),
+        ModelType.PROPHET: harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.3),
+    }
+    events = [harness.event(config_hash, identifier, t, run_id) for t, run_id in runs.items()]
+    for event in events:
+        harness.publish(event, config_hash)
+    harness.wait_consumed()
+
+    wait_until(lambda: harness.decisions(identifier), 20, "a decision after the promotion timeout")
+    (decision,) = harness.decisions(identifier)
+    gru = runs[ModelType.GRU]
+    assert decision.promoted and decision.run_id == runs[ModelType.LSTM], process.tail()
+    # Every type reported, yet the evaluator waited out the timeout for GRU to be trained again.
+    assert (decision.timestamp - events[0].created_at).total_seconds() >= 3.0
+    assert decision.missing_model_types == [ModelType.GRU]
+    assert f"run {gru} lacks its model artifacts GRU/MLmodel" in decision.reason
+    assert "GRU/artifacts/model/state_dict.pt" in decision.reason
+    assert gru not in {entry.run_id for entry in decision.scoreboard}
+    failed = [(c.model_type, c.name) for c in decision.checks if not c.passed]
+    assert failed == [(ModelType.GRU, "model_artifacts")]
+    assert decision.pointer is not None and decision.pointer.note is not None and gru in decision.pointer.note
+    warnings = [
+        r
+        for r in process.log_records()
+        if r.get("msg") == "run lacks its model artifacts; it cannot be promoted" and r.get("run_id") == gru
+    ]
+    assert warnings and {r["level"] for r in warnings} == {"WARNING"}
+    assert "GRU/MLmodel" in warnings[-1]["missing"] and gru in str(warnings[-1]["reason"])
+
+
 def test_unknown_model_type_and_missing_run_go_to_dlq_without_crash(
     shared_run: tuple[Harness, EvaluatorProcess],
 ) -> None:
@@ -508,8 +581,8 @@ def test_kill_between_second_and_third_event_still_promotes_once(
     }
 
     first = EvaluatorProcess(env, tmp_path / "first.log")
-    first.start_ready()
     try:
+        first.start_ready()
         for model_type in (ModelType.GRU, ModelType.LSTM, ModelType.GRU):
             harness.publish(harness.event(config_hash, identifier, model_type, runs[model_type]), config_hash)
         harness.wait_consumed()
@@ -521,8 +594,8 @@ def test_kill_between_second_and_third_event_still_promotes_once(
     runs[ModelType.PROPHET] = harness.make_run(config_hash, identifier, ModelType.PROPHET, rmse=0.3)
 
     second = EvaluatorProcess(env, tmp_path / "second.log")
-    second.start_ready()
     try:
+        second.start_ready()
         for model_type in (ModelType.PROPHET, ModelType.GRU, ModelType.LSTM, ModelType.PROPHET):
             harness.publish(harness.event(config_hash, identifier, model_type, runs[model_type]), config_hash)
         harness.wait_consumed()

@@ -214,7 +214,7 @@ def test_same_settings_reuse_the_objects_and_a_new_salt_makes_new_ones(
     assert repaired.created_at > datetime.fromisoformat(first_meta["created_at"])
 
 
-def test_a_missing_dataset_object_exits_non_zero_with_a_dead_letter(
+def test_a_missing_dataset_object_exits_10_with_a_dead_letter(
     service_env: dict[str, str],
     stack: StackConfig,
     unique_name: Callable[[str], str],
@@ -222,6 +222,8 @@ def test_a_missing_dataset_object_exits_non_zero_with_a_dead_letter(
 ) -> None:
     names = isolated_env(unique_name)
     result = run_module({**service_env, **names, "DATASET_NAME": "Nowhere", "DATA_DIR": str(tmp_path)})
+    # 10, the code the Job's podFailurePolicy fails at once on; 1 would be retried as a crash.
+    assert EXIT_REFUSED == 10
     assert result.returncode == EXIT_REFUSED, result.stderr[-3000:]
     assert "Nowhere.csv does not exist" in result.stderr
     letters = read_topic(stack.kafka_bootstrap, dlq_topic(names["TOPIC_TRAINING_DATA"]), 1)
@@ -258,4 +260,27 @@ def test_a_dataset_without_a_kpi_column_is_refused_to_the_dlq(
     letters = read_topic(monkeypatch_stack_env.kafka_bootstrap, dlq_topic(names["TOPIC_TRAINING_DATA"]), 1)
     assert len(letters) == 1
     assert "missing KPI column(s): rb_up_var" in DeadLetter.model_validate_json(letters[0]).error
+    assert object_store.list_keys(names["BUCKET_PROCESSED"]) == []
+
+
+def test_a_crash_is_not_taken_for_a_refusal_and_publishes_no_dead_letter(
+    monkeypatch_stack_env: StackConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    object_store: ObjectStore,
+    producer: EventProducer,
+    unique_name: Callable[[str], str],
+) -> None:
+    """A bug in the job escapes `execute`, so the process dies with Python's own exit code 1, which
+    the Job retries, and nothing reports the data as refused."""
+    names = isolated_env(unique_name)
+    settings = settings_for(monkeypatch, {**names, "DATASET_NAME": "PobleSec", "DATA_DIR": str(DATA_DIR)})
+
+    def bug(*_args: object, **_kwargs: object) -> None:
+        raise ZeroDivisionError("a bug, not a data problem")
+
+    monkeypatch.setattr("preprocess_container.job.prepare_splits", bug)
+    with pytest.raises(ZeroDivisionError):
+        execute(settings, object_store, producer)
+    dlq = dlq_topic(names["TOPIC_TRAINING_DATA"])
+    assert read_topic(monkeypatch_stack_env.kafka_bootstrap, dlq, 0, timeout_s=0.5) == []
     assert object_store.list_keys(names["BUCKET_PROCESSED"]) == []

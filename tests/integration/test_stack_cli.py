@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from confluent_kafka.admin import AdminClient
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from flts_cli.stack import HOST, MLFLOW_BUCKET, TOPICS, check_port_free, free_ports, stop_from_state, venv_bin
@@ -289,3 +290,39 @@ def test_sigterm_while_flts_up_is_starting_stops_what_had_started(stack_state_di
     assert "flts up: interrupted while waiting for the MLflow server; stopped what had started" in stderr
     assert survivors == []
     assert stop_s < 20, "a stop during start-up must not wait for the start-up timeout"
+
+
+def test_flts_up_after_flts_down_starts_empty_and_moves_the_old_mlflow_database_aside(
+    stack_state_dir: Path,
+) -> None:
+    kafka, s3, mlflow = free_ports(3)
+    up = [flts(), "up", "--detach", *port_args(kafka, s3, mlflow, stack_state_dir)]
+    first = subprocess.run(up, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "previous stack" not in first.stdout
+    client = MlflowClient(tracking_uri=f"http://{HOST}:{mlflow}")
+    experiment = client.get_experiment_by_name("Default")
+    assert experiment is not None
+    old_run = client.create_run(experiment.experiment_id, run_name="before-restart").info.run_id
+    note = stack_state_dir.parent / "note.txt"
+    note.write_text("kept only in the S3 server's memory")
+    client.log_artifact(old_run, str(note))
+    client.set_terminated(old_run)
+    down = [flts(), "down", "--state-dir", str(stack_state_dir)]
+    assert subprocess.run(down, capture_output=True, text=True, timeout=60).returncode == 0
+
+    second = subprocess.run(up, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    assert second.returncode == 0, second.stderr[-2000:]
+    moved = stack_state_dir / "previous-stack" / "mlflow.db"
+    assert f"flts up: moved the previous stack's MLflow database to {moved}" in second.stdout
+    assert moved.exists() and (stack_state_dir / "mlflow.db").exists()
+    # Nothing of the old stack is left to disagree with: no run in MLflow, no object in S3.
+    with pytest.raises(MlflowException) as gone:
+        client.get_run(old_run)
+    assert gone.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    env = json.loads((stack_state_dir / "stack.json").read_text())["env"]
+    store = ObjectStore(f"http://{HOST}:{s3}", env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+    assert store.list_keys(MLFLOW_BUCKET) == []
+    # ...and the new stack works: the same check as after a first start.
+    assert_stack_serves(kafka, s3, mlflow, stack_state_dir)
+    assert subprocess.run(down, capture_output=True, text=True, timeout=60).returncode == 0

@@ -12,7 +12,7 @@ from tests.k8s.manifests import REPO_ROOT
 
 SERVICE_DOCKERFILE = REPO_ROOT / "Dockerfile"
 MLFLOW_DOCKERFILE = REPO_ROOT / ".kubernetes" / "images" / "mlflow" / "Dockerfile"
-SERVICE_IMAGES = ("preprocess", "train", "nonml", "eval", "inference", "locust")
+SERVICE_IMAGES = ("preprocess", "train", "nonml", "eval", "inference", "batch", "locust")
 # Image name (in the manifests) → Dockerfile, for every image this repository builds. The six
 # service images are targets (stages named like the image) of one Dockerfile.
 DOCKERFILES = {

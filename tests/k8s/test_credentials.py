@@ -4,6 +4,7 @@ development values appear nowhere but the generator's input files."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from tests.helpers.repo_files import files_git_would_commit
 from tests.k8s.dockerfiles import dockerfiles, parse_dockerfile
@@ -88,3 +89,72 @@ def test_dockerfiles_bake_in_no_credentials() -> None:
         for instruction in parse_dockerfile(path):
             if instruction.keyword in {"ENV", "ARG", "LABEL"}:
                 assert not CREDENTIAL_NAME.search(instruction.arguments), f"{path}: {instruction}"
+
+
+def _secret_variables(container: dict[str, Any]) -> set[str]:
+    """Variables that hold a secret: read from a Secret, or built from one with $(VAR)."""
+    secret: set[str] = set()
+    for entry in container.get("env", []):
+        from_secret = "secretKeyRef" in entry.get("valueFrom", {})
+        built_from_one = set(re.findall(r"\$\((\w+)\)", entry.get("value", ""))) & secret
+        if from_secret or built_from_one:
+            secret.add(entry["name"])
+    return secret
+
+
+def _command_line(container: dict[str, Any]) -> str:
+    return "\n".join([*container.get("command", []), *container.get("args", [])])
+
+
+def _probe_commands(container: dict[str, Any]) -> str:
+    probes = [container.get(k, {}) for k in ("startupProbe", "readinessProbe", "livenessProbe")]
+    return "\n".join(part for probe in probes for part in probe.get("exec", {}).get("command", []))
+
+
+def test_no_secret_reaches_a_command_line(rendered: list[Resource]) -> None:
+    """`ps` shows every process's arguments to anyone in the pod (and to node agents): a secret
+    must not get there, neither by the kubelet's $(VAR) expansion of `command`/`args` nor by a
+    shell that expands $VAR into the arguments of a program it starts (mc, psql, pg_isready)."""
+    # Short values (the user name `mlflow`) also name buckets and databases.
+    values = {v for data in generated_secrets().values() for v in data.values() if len(v) >= 8}
+    assert values
+    checked = 0
+    for workload in workloads(rendered):
+        for container in workload.all_containers:
+            label = f"{workload} container {container['name']}"
+            text = _command_line(container) + "\n" + _probe_commands(container)
+            assert not any(value in text for value in values), f"{label}: a credential in its command"
+            for name in _secret_variables(container):
+                checked += 1
+                pattern = rf"\$\({name}\)|\$\{{?{name}\b"
+                assert not re.search(pattern, text), f"{label}: {name} (a secret) in its command line"
+    assert checked >= 10
+
+
+def test_the_secret_check_sees_expanded_and_shell_variables() -> None:
+    """The check above can fail: each way a secret reaches a command line is caught."""
+    container = {
+        "name": "x",
+        "env": [
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "URI", "value": "postgresql://u:$(PW)@db/x"},
+        ],
+    }
+    assert _secret_variables(container) == {"PW", "URI"}
+    for args in (["--uri=$(URI)"], ["sh", "-c", "mc alias set a b $PW"], ["sh", "-c", 'psql "${URI}"']):
+        text = _command_line({**container, "args": args})
+        assert any(re.search(rf"\$\({n}\)|\$\{{?{n}\b", text) for n in ("PW", "URI")), args
+
+
+def test_dependent_variables_are_defined_before_use(rendered: list[Resource]) -> None:
+    """The kubelet expands $(VAR) in `env` only from entries above it; otherwise the literal text
+    `$(VAR)` is what the program gets (a URI with "$(PG_PASSWORD)" as its password)."""
+    for workload in workloads(rendered):
+        for container in workload.all_containers:
+            defined: set[str] = set()
+            for entry in container.get("env", []):
+                for name in re.findall(r"\$\((\w+)\)", entry.get("value", "")):
+                    assert name in defined, (
+                        f"{workload} {container['name']}: {entry['name']} uses {name} first"
+                    )
+                defined.add(entry["name"])

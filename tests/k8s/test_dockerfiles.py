@@ -35,10 +35,11 @@ PACKAGES = {
     "train": "train_container",
     "nonml": "nonml_container",
     "eval": "eval_container",
+    "batch": "batch_container",
     "inference": "inference_container",
 }
 # Services whose code imports torch; every other image must not carry it.
-TORCH_IMAGES = {"train", "inference"}
+TORCH_IMAGES = {"train", "inference", "batch"}
 
 
 def _build_table() -> dict[str, tuple[str, str]]:

@@ -14,7 +14,7 @@ from tests.k8s.manifests import Resource, Workload, config_maps, find, workloads
 # server (app.kubernetes.io/name) → (port, client label, how a pod shows it is a client)
 SERVERS = {
     "kafka": (9092, "flts.io/kafka-client", {"KAFKA_BOOTSTRAP_SERVERS"}),
-    "minio": (9000, "flts.io/s3-client", {"MLFLOW_S3_ENDPOINT_URL", "S3_ENDPOINT"}),
+    "minio": (9000, "flts.io/s3-client", {"MLFLOW_S3_ENDPOINT_URL"}),
     "mlflow": (5000, "flts.io/mlflow-client", {"MLFLOW_TRACKING_URI"}),
     "postgres": (5432, "flts.io/postgres-client", {"PG_PASSWORD"}),
 }

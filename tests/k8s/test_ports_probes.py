@@ -121,7 +121,7 @@ def test_infrastructure_probes_use_real_api_routes(
     rendered: list[Resource], name: str, port: int, path: str
 ) -> None:
     kind = "StatefulSet" if name == "minio" else "Deployment"
-    [container] = Workload(find(rendered, kind, name)).containers
+    [container] = [c for c in Workload(find(rendered, kind, name)).containers if c["name"] == name]
     readiness = container["readinessProbe"]["httpGet"]
     assert (_port_number(container, readiness["port"]), readiness["path"]) == (port, path)
 

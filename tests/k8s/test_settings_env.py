@@ -14,7 +14,6 @@ from tests.k8s.manifests import Resource, Workload, config_maps, env_names, find
 
 # (kind, name, container) → the settings class its entrypoint loads.
 SERVICES = {
-    ("Job", "preprocess", "preprocess"): "preprocess_container.settings:PreprocessSettings",
     ("CronJob", "preprocess", "preprocess"): "preprocess_container.settings:PreprocessSettings",
     ("Deployment", "train-gru", "trainer"): "train_container.settings:TrainSettings",
     ("Deployment", "train-lstm", "trainer"): "train_container.settings:TrainSettings",

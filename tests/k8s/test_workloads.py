@@ -7,6 +7,7 @@ import pytest
 from tests.k8s.dockerfiles import DOCKERFILES, image_stages
 from tests.k8s.manifests import (
     LONG_RUNNING_KINDS,
+    REPO_ROOT,
     Resource,
     Workload,
     find,
@@ -178,11 +179,14 @@ def test_hpa_scales_the_inference_deployment_on_cpu(rendered: list[Resource]) ->
     assert container["resources"]["requests"]["cpu"]
 
 
-def test_pdb_protects_the_inference_pods(rendered: list[Resource]) -> None:
+def test_pdb_protects_the_inference_pods_without_blocking_drains(rendered: list[Resource]) -> None:
     pdb = find(rendered, "PodDisruptionBudget", "inference")
     labels = find(rendered, "Deployment", "inference")["spec"]["template"]["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in pdb["spec"]["selector"]["matchLabels"].items())
     assert pdb["spec"]["minAvailable"] >= 1
+    # Before the first promotion no inference pod is ready; with the default policy
+    # (IfHealthyBudget) the budget would then block every node drain.
+    assert pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow"
 
 
 def test_services_select_pods_and_target_ports_those_pods_declare(
@@ -221,19 +225,41 @@ def test_locust_web_ui_is_on_node_port_30089(rendered: list[Resource]) -> None:
     assert args[args.index("--master-host") + 1] == "locust-master"
 
 
-def test_preprocess_job_takes_its_run_settings_from_the_config_map(rendered: list[Resource]) -> None:
-    job = Workload(find(rendered, "Job", "preprocess"))
-    [container] = job.containers
+def test_preprocess_runs_take_their_settings_from_the_config_map(rendered: list[Resource]) -> None:
+    cron = find(rendered, "CronJob", "preprocess")
+    assert cron["spec"]["suspend"] is True, "the CronJob is only the template of manual runs"
+    template = Workload(cron)
+    [container] = template.containers
     assert container["envFrom"] == [{"configMapRef": {"name": "preprocess-config"}}]
     data = find(rendered, "ConfigMap", "preprocess-config")["data"]
     assert {"DATASET_NAME", "EXTRA_HASH_SALT"} <= set(data)
     assert any(key.startswith("SAMPLE_") for key in data)
-    assert job.pod_spec["restartPolicy"] == "Never"
+    assert template.pod_spec["restartPolicy"] == "Never"
 
 
-def test_manual_run_template_is_the_preprocess_job(rendered: list[Resource]) -> None:
-    """`kubectl create job --from=cronjob/preprocess` must run exactly what the Job runs."""
-    cron = find(rendered, "CronJob", "preprocess")
-    assert cron["spec"]["suspend"] is True
-    job = find(rendered, "Job", "preprocess")
-    assert cron["spec"]["jobTemplate"]["spec"]["template"] == job["spec"]["template"]
+def test_preprocess_retries_crashes_and_fails_at_once_on_permanent_exit_codes(
+    rendered: list[Resource],
+) -> None:
+    """Exit 2 (invalid settings) and 10 (input refused) fail the Job; 1 (a crash) and 3
+    (infrastructure unreachable) count toward backoffLimit and are retried."""
+    from preprocess_container.job import EXIT_INFRA, EXIT_INVALID_SETTINGS, EXIT_REFUSED
+
+    spec = find(rendered, "CronJob", "preprocess")["spec"]["jobTemplate"]["spec"]
+    [rule] = spec["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob"
+    codes = rule["onExitCodes"]
+    assert (codes["containerName"], codes["operator"]) == ("preprocess", "In")
+    assert sorted(codes["values"]) == sorted([EXIT_INVALID_SETTINGS, EXIT_REFUSED]) == [2, 10]
+    assert 1 not in codes["values"] and EXIT_INFRA not in codes["values"]
+    assert spec["backoffLimit"] >= 3
+
+
+def test_locust_users_reconnect_so_replicas_the_hpa_adds_get_traffic(rendered: list[Resource]) -> None:
+    """A Service balances connections, not requests: users that kept theirs for a whole swarm
+    would leave new inference replicas idle. The workers (where the users run) set the interval
+    the locustfile reads, and a positive one."""
+    [container] = Workload(find(rendered, "Deployment", "locust-worker")).containers
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert 0 < float(env["LOCUST_RECONNECT_S"]) <= 30, "a swarm must reach new replicas within seconds"
+    locustfile = (REPO_ROOT / "locust" / "locustfile.py").read_text()
+    assert '_env("LOCUST_RECONNECT_S"' in locustfile, "the locustfile no longer reads LOCUST_RECONNECT_S"

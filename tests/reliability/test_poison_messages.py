@@ -36,6 +36,7 @@ from shared.storage import ObjectStore
 from tests.helpers.processes import ServiceProcess
 from tests.helpers.topics import read_topic
 from tests.helpers.waiting import wait_until
+from tests.integration.test_evaluator import log_model_files
 from tests.integration.test_inference_support import log_model_run, make_pointer, write_pointer
 from tests.reliability.conftest import trainer_env
 from tests.reliability.support import http_status, unique
@@ -147,6 +148,8 @@ def make_finished_run(stack: StackConfig, config_hash: str, identifier: str) -> 
     run_id: str = run.info.run_id
     for name, value in metrics.items():
         client.log_metric(run_id, name, value)
+    # The evaluator promotes only a run whose model files exist.
+    log_model_files(client, run_id, ModelType.GRU)
     client.set_terminated(run_id)
     return run_id
 

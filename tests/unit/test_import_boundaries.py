@@ -18,6 +18,7 @@ NOT_IMPORTED = {
     "nonml_container.__main__": ("torch",),
     "preprocess_container.__main__": ("torch", "prophet", "mlflow", "matplotlib", "fastapi"),
     "eval_container.__main__": ("torch", "prophet", "cmdstanpy", "matplotlib"),
+    "batch_container.__main__": ("matplotlib",),
 }
 
 

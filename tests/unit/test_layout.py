@@ -24,6 +24,7 @@ SERVICES = (
     "nonml_container",
     "eval_container",
     "inference_container",
+    "batch_container",
     "locust",
 )
 SERVICE_PACKAGES = frozenset(SERVICES) - {"locust"}

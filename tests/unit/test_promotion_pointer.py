@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared import promotion
-from shared.events import ModelType, PromotionPointer
+from shared.events import DecisionOutcome, ModelType, PromotionDecision, PromotionPointer
 from shared.scoring import Candidate, build_pointer, rank
 
 CONFIG_HASH = "ab" * 32
@@ -123,7 +123,8 @@ def test_object_keys_follow_the_design_layout() -> None:
     key = promotion.history_key("PobleSec", CONFIG_HASH, stamp)
     assert key == f"PobleSec/{CONFIG_HASH}/promotion-20261130T150405123456Z.json"
     assert promotion.is_history_key(key)
-    assert not promotion.is_history_key(promotion.published_key("PobleSec", CONFIG_HASH))
+    assert not promotion.is_history_key(promotion.published_key("PobleSec", CONFIG_HASH, stamp))
+    assert not promotion.is_decision_key(promotion.published_key("PobleSec", CONFIG_HASH, stamp))
     assert not promotion.is_history_key(promotion.current_key("PobleSec"))
 
 
@@ -152,3 +153,40 @@ def test_pending_state_round_trips_through_json() -> None:
     again = promotion.PendingHash.model_validate(json.loads(state.model_dump_json()))
     assert again == state
     assert promotion.pending_key(CONFIG_HASH) == f"_evaluator/pending/{CONFIG_HASH}.json"
+
+
+def test_each_decision_of_a_hash_has_its_own_published_marker() -> None:
+    first = datetime(2026, 11, 30, 15, 4, 5, 123456, tzinfo=UTC)
+    later = first + timedelta(minutes=4)
+    keys = {promotion.published_key("PobleSec", CONFIG_HASH, s) for s in (first, later)}
+    assert keys == {
+        f"PobleSec/{CONFIG_HASH}/published-20261130T150405123456Z.json",
+        f"PobleSec/{CONFIG_HASH}/published-20261130T150805123456Z.json",
+    }
+
+
+def _decision(outcome: DecisionOutcome, minutes: int) -> PromotionDecision:
+    stamp = datetime(2026, 11, 30, tzinfo=UTC) + timedelta(minutes=minutes)
+    p = pointer(timestamp=stamp)
+    promoted = outcome is DecisionOutcome.PROMOTED
+    return PromotionDecision(
+        identifier=p.identifier,
+        config_hash=CONFIG_HASH,
+        decision=outcome,
+        model_type=p.model_type if promoted else None,
+        run_id=p.run_id if promoted else None,
+        pointer=p if promoted else None,
+        reason="test",
+        timestamp=stamp,
+    )
+
+
+def test_the_decision_in_force_is_the_latest_promotion_not_a_later_refusal_of_a_late_result() -> None:
+    promoted = _decision(DecisionOutcome.PROMOTED, 0)
+    late_refusal = _decision(DecisionOutcome.REFUSED, 5)
+    late_promotion = _decision(DecisionOutcome.PROMOTED, 9)
+    first_refusal = _decision(DecisionOutcome.REFUSED, 1)
+    assert promotion.decision_in_force([promoted, late_refusal]) == promoted
+    assert promotion.decision_in_force([promoted, late_refusal, late_promotion]) == late_promotion
+    assert promotion.decision_in_force([first_refusal, late_refusal]) == late_refusal
+    assert promotion.decision_in_force([]) is None

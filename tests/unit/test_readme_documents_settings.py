@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from batch_container.settings import BatchSettings
 from eval_container.settings import EvaluatorSettings
 from inference_container.settings import InferenceSettings
 from nonml_container.settings import ProphetSettings
@@ -26,6 +27,7 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
         ProphetSettings,
         EvaluatorSettings,
         InferenceSettings,
+        BatchSettings,
     ],
 )
 def test_every_setting_has_a_row_in_the_readme(settings_class: type[BaseSettings]) -> None:

@@ -25,16 +25,9 @@ from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, STEP, MinMaxScaler, time_f
 from shared.events import DataClaim, ModelType, TrainingEvent, TrainingStatus
 from shared.kafka import MessageContext, PoisonMessage
 from shared.processed import ProcessedMeta, SourceObjects, SplitRows
+from shared.rolling import ScoredRows, Series, forecast_rows
 from shared.settings.trainer import ParamValue, TrainerSettings
-from shared.trainer_service import (
-    EpochRecord,
-    FitOutcome,
-    ScoredRows,
-    Series,
-    TrainerService,
-    forecast_rows,
-    score_forecast,
-)
+from shared.trainer_service import EpochRecord, FitOutcome, TrainerService, score_forecast
 from tests.helpers.memory_store import MemoryStore
 
 N_KPI = len(KPI_COLUMNS)
@@ -229,8 +222,10 @@ class FakeTrainer:
         )
 
         def save(directory: Path) -> None:
+            # The files a GRU writes: what a finished run is checked for before it is trusted.
             directory.mkdir(parents=True)
-            (directory / "model.txt").write_text("fitted")
+            (directory / "model_spec.json").write_text("{}")
+            (directory / "state_dict.pt").write_text("fitted")
 
         return FitOutcome(
             forecast=Persistence(),
@@ -277,6 +272,19 @@ class FakeMlflow:
     def log_artifacts(self, run_id: str, local_dir: str) -> None:
         root = Path(local_dir)
         self.artifacts[run_id] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+    def list_artifacts(self, run_id: str, path: str | None = None) -> list[SimpleNamespace]:
+        """The files and folders directly under `path`, as the MLflow client lists them."""
+        prefix = f"{path}/" if path else ""
+        children: dict[str, bool] = {}
+        for name in self.artifacts.get(run_id, []):
+            if name.startswith(prefix):
+                head, _, rest = name[len(prefix) :].partition("/")
+                children[prefix + head] = bool(rest)
+        return [
+            SimpleNamespace(path=child, is_dir=is_dir, file_size=None if is_dir else 1)
+            for child, is_dir in sorted(children.items())
+        ]
 
     def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
         self.runs[run_id].info.status = status
@@ -395,7 +403,7 @@ def test_a_claim_is_fitted_before_the_validation_period_and_every_family_reaches
     # the trainer's folder travels inside the MLflow model, with the scaler and the preprocess config
     for name in (
         "MLmodel",
-        "artifacts/model/model.txt",
+        "artifacts/model/state_dict.pt",
         "artifacts/scaler.json",
         "artifacts/preprocess_config.json",
     ):
@@ -418,6 +426,25 @@ def test_a_redelivered_claim_republishes_every_score_family_but_no_training_curv
     scores = {k: v for k, v in first.items() if k not in ("fit_seconds", "score_seconds")}
     assert again.metrics == pytest.approx(scores)
     assert "val_loss" not in (again.metrics or {}) and "train_loss" not in (again.metrics or {})
+
+
+def test_a_redelivered_claim_whose_model_weights_are_gone_is_trained_again() -> None:
+    trainer, client, producer = FakeTrainer(), FakeMlflow(), RecordingProducer()
+    service = _service(
+        _store(processed(100), processed(60, seed=1, start="2018-03-01")), trainer, client, producer
+    )
+    service.handle(CLAIM, MessageContext("training-data", 0, 1, "a" * 64))
+    first = producer.events[-1].run_id
+    assert first is not None
+    # MLflow still lists the FINISHED run; the object store lost its weights.
+    client.artifacts[first].remove("GRU/artifacts/model/state_dict.pt")
+
+    service.handle(CLAIM, MessageContext("training-data", 0, 2, "a" * 64))
+
+    assert len(trainer.calls) == 2
+    again = producer.events[-1]
+    assert again.status == TrainingStatus.SUCCESS and again.run_id not in (None, first)
+    assert "GRU/artifacts/model/state_dict.pt" in client.runs[first].data.tags["artifacts_missing"]
 
 
 def test_a_train_split_with_no_room_before_its_validation_period_is_poison() -> None:

@@ -29,7 +29,8 @@ from shared.kafka import MessageContext, PoisonMessage, TransientError
 from shared.mlflow_utils import mlflow_unreachable
 from shared.model_runtime.networks import build_model, load_model, save_model
 from shared.processed import ProcessedMeta, SourceObjects, SplitRows
-from shared.trainer_service import TrainerService, validate_frame
+from shared.rolling import validate_frame
+from shared.trainer_service import TrainerService
 from tests.helpers.memory_store import MemoryStore
 from train_container.settings import RecurrentHyperparameters, TrainSettings
 from train_container.trainer import RecurrentTrainer
