@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,8 +38,10 @@ class _Item:
 class MicroBatcher:
     """Collect windows queued in one event-loop iteration and predict them in one call per stack."""
 
-    def __init__(self, max_batch: int = 64) -> None:
+    def __init__(self, max_batch: int = 64, observe: Callable[[int], None] | None = None) -> None:
         self.max_batch = max_batch
+        # Told the size of every batch predicted (the batch-size histogram of /metrics).
+        self._observe = observe
         self._pending: list[_Item] = []
         self._scheduled = False
         self.batches = 0
@@ -77,5 +80,7 @@ class MicroBatcher:
                 continue
             self.batches += 1
             self.windows += len(live)
+            if self._observe is not None:
+                self._observe(len(live))
             for item, result in zip(live, results, strict=True):
                 item.future.set_result(result)

@@ -96,7 +96,7 @@ class PredictHandler:
         self.manager = manager
         self.metrics = metrics
         self.log_writer = log_writer
-        self.batcher = MicroBatcher(settings.MAX_BATCH)
+        self.batcher = MicroBatcher(settings.MAX_BATCH, metrics.batch_windows.observe)
         self.max_body = settings.MAX_BODY_BYTES
         self.retry_after = [(b"retry-after", str(settings.RETRY_AFTER_S).encode())]
 

@@ -6,6 +6,8 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Windows per forward pass: 1 is an idle service; up to MAX_BATCH (64) under a swarm.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Label values that are not a station's name.
 OTHER_IDENTIFIER = "_other"  # a station past the bound, or a name that is not a loaded station
@@ -59,6 +61,12 @@ class ServiceMetrics:
         self.predictions = Counter(
             "inference_predicted_steps",
             "Forecast steps returned by /predict",
+            registry=self.registry,
+        )
+        self.batch_windows = Histogram(
+            "inference_batch_windows",
+            "Windows predicted together in one micro-batch (one forward pass per stack)",
+            buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
         self.swaps = Counter("inference_model_swaps", "Models swapped in", registry=self.registry)
