@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 import psutil
+import pytest
 
 from flts_cli.stack import StackConfig
 from shared.columns import KPI_COLUMNS
@@ -102,6 +103,8 @@ def test_main_job_on_small_sample_runs_every_stage_and_serves_under_load(tmp_pat
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_new_salt_promotes_a_second_config_hash_and_same_salt_reuses_processed_data(
     tmp_path: Path, stack: StackConfig, service_env: dict[str, str]
 ) -> None:

@@ -280,6 +280,8 @@ def live_metrics(inference: Replica, identifier: str) -> str:
     return response.text
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_live_metrics_hold_what_the_requests_did(
     live_metrics: str, identifier: str, logged: LoggedModel
 ) -> None:
@@ -294,6 +296,8 @@ def test_live_metrics_hold_what_the_requests_did(
     assert "inference_predicted_steps_total 6.0" in live_metrics
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_every_metric_the_dashboard_queries_is_exported_by_a_running_service(live_metrics: str) -> None:
     exported, _ = exported_names(live_metrics)
     dashboard = load_dashboard()
@@ -302,6 +306,8 @@ def test_every_metric_the_dashboard_queries_is_exported_by_a_running_service(liv
     assert unknown_metrics(dashboard, exported) == {}
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_every_label_the_dashboard_uses_is_on_the_samples_or_set_by_the_scrape(live_metrics: str) -> None:
     _, labels = exported_names(live_metrics)
     known = labels | scrape_target_labels() | {"le"}

@@ -16,6 +16,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import pytest
+
 from flts_cli.stack import StackConfig, free_port
 from shared.storage import ObjectStore
 from tests.helpers.processes import ServiceProcess
@@ -90,6 +92,8 @@ def assert_live_not_ready_while_waiting_for_kafka(service: ServiceProcess, port:
     assert status == 503 and ready["waiting_for"] == "kafka", ready
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_evaluator_is_live_while_the_broker_is_unreachable_and_ready_once_it_answers(
     stack: StackConfig, service_env: dict[str, str], object_store: ObjectStore, tmp_path: Path
 ) -> None:
@@ -110,6 +114,8 @@ def test_evaluator_is_live_while_the_broker_is_unreachable_and_ready_once_it_ans
     assert code == 0, evaluator.tail()
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_evaluator_that_never_reaches_the_broker_answers_probes_then_exits_non_zero(
     stack: StackConfig, service_env: dict[str, str], object_store: ObjectStore, tmp_path: Path
 ) -> None:
@@ -149,6 +155,8 @@ TRAINER = textwrap.dedent(
 )
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_trainer_is_live_while_the_broker_is_unreachable_and_ready_once_it_answers(
     stack: StackConfig, service_env: dict[str, str], tmp_path: Path
 ) -> None:

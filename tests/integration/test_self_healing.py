@@ -105,6 +105,8 @@ def retrain_records(trainer: ServiceProcess) -> list[dict[str, object]]:
     return [r for r in trainer.log_records() if r.get("msg") == RETRAIN_MESSAGE]
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_trainer_retrains_a_finished_run_whose_model_artifacts_were_deleted_and_logs_why(
     gru_trainer: tuple[ServiceProcess, str, str, str], stack: StackConfig, object_store: ObjectStore
 ) -> None:
@@ -154,6 +156,8 @@ def test_trainer_retrains_a_finished_run_whose_model_artifacts_were_deleted_and_
     assert trainer.alive(), trainer.tail()
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_evaluator_refuses_a_run_whose_files_are_gone_and_promotes_the_run_trained_again(
     gru_trainer: tuple[ServiceProcess, str, str, str],
     stack: StackConfig,

@@ -78,6 +78,8 @@ def promoted(tmp_path: Path, stack: StackConfig, run_id: str) -> RunState:
     return run
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_a_promoted_run_whose_weights_are_gone_fails_the_stage_naming_the_file(
     stack: StackConfig, object_store: ObjectStore, tmp_path: Path
 ) -> None:
@@ -98,6 +100,8 @@ def test_a_promoted_run_whose_weights_are_gone_fails_the_stage_naming_the_file(
     assert station.trigger_to_live_seconds is None
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_a_promoted_run_with_its_files_in_place_is_waited_for_until_the_timeout(
     stack: StackConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

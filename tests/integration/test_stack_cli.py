@@ -292,6 +292,8 @@ def test_sigterm_while_flts_up_is_starting_stops_what_had_started(stack_state_di
     assert stop_s < 20, "a stop during start-up must not wait for the start-up timeout"
 
 
+# Outside the default suite (CI time budget); `pytest -m slow` runs it.
+@pytest.mark.slow
 def test_flts_up_after_flts_down_starts_empty_and_moves_the_old_mlflow_database_aside(
     stack_state_dir: Path,
 ) -> None:
