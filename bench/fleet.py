@@ -64,7 +64,7 @@ from preprocess_container.settings import PreprocessSettings
 from shared.data import KPI_COLUMNS
 from shared.events import DecisionOutcome, PromotionDecision
 from shared.kafka import EventProducer
-from shared.promotion import latest_decision
+from shared.promotion import latest_decision, load_decisions
 from shared.storage import ObjectStore
 
 REAL_STATIONS = ("PobleSec", "LesCorts", "ElBorn")
@@ -90,6 +90,9 @@ class FleetResult:
     # variant -> the medians of its rounds (rps, p50, p99, cpu_ms_per_request), failures summed
     load: dict[str, dict[str, Any]] = field(default_factory=dict)
     stations_loaded: int = 0
+    # stations decided before every type reported (PROMOTION_TIMEOUT_S), and follow-up decisions
+    decided_early: int = 0
+    follow_ups: int = 0
 
 
 def make_datasets(folder: Path, count: int, train_rows: int, test_rows: int, seed: int) -> list[str]:
@@ -146,23 +149,33 @@ def trigger(names: list[str], env: dict[str, str], data_dir: Path, store: Object
 def wait_decided_and_live(
     inference_url: str, store: ObjectStore, hashes: dict[str, str], timeout_s: float
 ) -> dict[str, PromotionDecision]:
+    """Every station's decision in force, once each station has one and the inference process
+    serves every promoted station at its promoted run. Decisions are read again on every poll: a
+    type that reports after the evaluator's timeout gets a follow-up decision, which may promote a
+    newer run than the first decision did."""
     deadline = time.monotonic() + timeout_s
     decided: dict[str, PromotionDecision] = {}
+    unserved: list[str] = []
     while time.monotonic() < deadline:
         for name, config_hash in hashes.items():
-            if name not in decided:
-                decision = latest_decision(store, "model-promotion", name, config_hash)
-                if decision is not None:
-                    decided[name] = decision
+            decision = latest_decision(store, "model-promotion", name, config_hash)
+            if decision is not None:
+                decided[name] = decision
         if len(decided) == len(hashes):
             promoted = {n: d.run_id for n, d in decided.items() if d.decision is DecisionOutcome.PROMOTED}
             status, info = support.http_json(f"{inference_url}/model")
             served = info.get("models", {}) if status == 200 and isinstance(info, dict) else {}
-            if all(served.get(n, {}).get("run_id") == run_id for n, run_id in promoted.items()):
+            unserved = sorted(
+                n for n, run_id in promoted.items() if served.get(n, {}).get("run_id") != run_id
+            )
+            if not unserved:
                 return decided
         time.sleep(1.0)
     missing = sorted(set(hashes) - set(decided))
-    raise RuntimeError(f"not decided and live within {timeout_s:.0f}s; undecided: {missing[:10]}")
+    raise RuntimeError(
+        f"not decided and live within {timeout_s:.0f}s; undecided: {missing[:10]}; "
+        f"promoted but not served: {unserved[:10]}"
+    )
 
 
 def bodies_for(names: list[str], data_dir: Path) -> list[bytes]:
@@ -288,6 +301,10 @@ def run_fleet(count: int, args: argparse.Namespace, workdir: Path) -> FleetResul
             )
             result.refused = sorted(n for n, d in decided.items() if d.decision != "promoted")
             live = [n for n in names if n not in result.refused]
+            for name, config_hash in hashes.items():
+                history = load_decisions(store, "model-promotion", name, config_hash)
+                result.decided_early += bool(history and history[0].missing_model_types)
+                result.follow_ups += max(0, len(history) - 1)
             time.sleep(2.0)  # let the last swap's garbage go before reading the footprint
             result.rss_loaded_mib = rss_mib(urls[default][1])
             result.stations_loaded = len(live)
@@ -307,7 +324,8 @@ def describe(result: FleetResult) -> str:
     lines = [
         f"N={result.stations:>3}  trigger->all live {result.trigger_to_live_s:7.1f} s  "
         f"trainers {result.stations_per_minute:5.1f} stations/min  champions: {promoted}; "
-        f"refused {len(result.refused)}  inference RSS {result.rss_empty_mib:.0f} MiB empty -> "
+        f"refused {len(result.refused)}  decided before every type reported {result.decided_early} "
+        f"(follow-ups {result.follow_ups})  inference RSS {result.rss_empty_mib:.0f} MiB empty -> "
         f"{result.rss_loaded_mib:.0f} MiB with {result.stations - len(result.refused)} models  "
         f"load over {result.stations_loaded} stations:"
     ]

@@ -398,9 +398,10 @@ def _fleet_lines(fleet: dict[str, Any], stations: dict[str, Any]) -> list[str]:
         served = station.get("promoted") or {}
         why = str(station.get("error") or "").splitlines()[:1]
         run_id = f"`{served['run_id'][:8]}`" if served.get("run_id") else "—"
+        live_s = station.get("trigger_to_live_seconds")
         lines.append(
             f"| {name} | {station.get('status')} | {served.get('model_type', '—')} | {run_id} | "
-            f"{_fmt(served.get('score'))} | {station.get('trigger_to_live_seconds') or '—'} | "
+            f"{_fmt(served.get('score'))} | {'—' if live_s is None else live_s} | "
             f"{why[0] if why else ''} |"
         )
     return lines
