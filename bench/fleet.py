@@ -321,10 +321,14 @@ def run_fleet(count: int, args: argparse.Namespace, workdir: Path) -> FleetResul
 
 def describe(result: FleetResult) -> str:
     promoted = ", ".join(f"{t} {n}" for t, n in sorted(result.promoted.items())) or "none"
+    # A synthetic station is named syn<k>-<source>: count refusals by the real station behind them.
+    sources = Counter(name.rsplit("-", 1)[-1] for name in result.refused)
+    refused_by_source = ", ".join(f"{source} {n}" for source, n in sorted(sources.items())) or "none"
     lines = [
         f"N={result.stations:>3}  trigger->all live {result.trigger_to_live_s:7.1f} s  "
         f"trainers {result.stations_per_minute:5.1f} stations/min  champions: {promoted}; "
-        f"refused {len(result.refused)}  decided before every type reported {result.decided_early} "
+        f"refused {len(result.refused)} ({refused_by_source})  "
+        f"decided before every type reported {result.decided_early} "
         f"(follow-ups {result.follow_ups})  inference RSS {result.rss_empty_mib:.0f} MiB empty -> "
         f"{result.rss_loaded_mib:.0f} MiB with {result.stations - len(result.refused)} models  "
         f"load over {result.stations_loaded} stations:"

@@ -416,10 +416,10 @@ class ModelManager:
         self._failed_attempts.pop(identifier, None)
         self._retry_at.pop(identifier, None)
         if self.metrics is not None:
-            self.metrics.swaps.inc()
+            label = self.metrics.identifiers.admit(identifier)
+            self.metrics.swaps.labels(label).inc()
             self.metrics.model_ready.set(1)
             self.metrics.models_loaded.set(len(fleet.models))
-            label = self.metrics.identifiers.admit(identifier)
             if old is not None:
                 self.metrics.model_info.remove(*self._info_labels(old, label))
             self.metrics.model_info.labels(*self._info_labels(model, label)).set(1)
@@ -443,7 +443,8 @@ class ModelManager:
         identifier = pointer.identifier
         error = f"{type(exc).__name__}: {exc}"[:500]
         if self.metrics is not None:
-            self.metrics.load_failures.inc()
+            # A promoted station (from the broker, not a client) is admitted to the label bound.
+            self.metrics.load_failures.labels(self.metrics.identifiers.admit(identifier)).inc()
         with self._changed:
             if self._wanted.get(identifier) is not pointer:
                 return  # superseded while loading: the newer champion has a clean slate

@@ -69,9 +69,14 @@ class ServiceMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-        self.swaps = Counter("inference_model_swaps", "Models swapped in", registry=self.registry)
+        self.swaps = Counter(
+            "inference_model_swaps", "Models swapped in, by station", ["identifier"], registry=self.registry
+        )
         self.load_failures = Counter(
-            "inference_model_load_failures", "Model loads that failed (retried)", registry=self.registry
+            "inference_model_load_failures",
+            "Model loads that failed (retried), by station",
+            ["identifier"],
+            registry=self.registry,
         )
         self.model_info = Gauge(
             "inference_model_info",

@@ -294,6 +294,7 @@ def test_live_metrics_hold_what_the_requests_did(
     assert 'route="/predict",status="400"' in live_metrics
     assert f'run_id="{logged.run_id}"' in live_metrics
     assert "inference_predicted_steps_total 6.0" in live_metrics
+    assert f'inference_model_swaps_total{{identifier="{identifier}"}} 1.0' in live_metrics
 
 
 # Outside the default suite (CI time budget); `pytest -m slow` runs it.
