@@ -16,8 +16,9 @@ NO_IDENTIFIER = "_none"  # a request that never reached a station (bad body, oth
 
 class IdentifierLabels:
     """The bound on the `identifier` label: every series multiplies by its distinct values, and a
-    client can send any name, so only stations this process has loaded are admitted (on their
-    first swap), at most `limit` of them; every other value is counted as `_other`."""
+    client can send any name, so only promoted stations this process has loaded or tried to load
+    are admitted (on their first swap or failed load), at most `limit` of them; every other value
+    is counted as `_other`."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
