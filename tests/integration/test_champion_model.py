@@ -182,17 +182,15 @@ def _predict(client: TestClient, body: dict[str, Any]) -> np.ndarray:
 STACKED_RTOL = 1e-6
 
 
-def _same_as_predict(
-    client: TestClient, answer: Any, start: int, horizon: int, rtol: float = STACKED_RTOL
-) -> None:
+def _same_as_predict(client: TestClient, answer: Any, start: int, horizon: int) -> None:
     """`answer` (a forecast frame of the MLflow model) equals POST /predict's for the window, to
-    `rtol`."""
+    STACKED_RTOL."""
     split = load_test_split()
     expected = _predict(client, window_body(split, start, inference_length=horizon))
     frame = pd.DataFrame(answer)
     assert list(frame.columns) == [TIME_COLUMN, *KPI_COLUMNS]
     np.testing.assert_allclose(
-        frame[list(KPI_COLUMNS)].to_numpy(dtype=np.float64), expected, rtol=rtol, atol=0
+        frame[list(KPI_COLUMNS)].to_numpy(dtype=np.float64), expected, rtol=STACKED_RTOL, atol=0
     )
     last = split.index[start + 9]
     steps = pd.to_datetime(frame[TIME_COLUMN]).to_numpy(dtype="datetime64[ns]")
@@ -287,6 +285,6 @@ def test_mlflow_models_serve_of_the_champion_answers_invocations_as_predict_does
             assert response.status_code == 200, response.text
             # Another process: its torch may round a float32 network's sums differently in the last
             # bits (threads, kernels), so equal up to float32 precision rather than bit for bit.
-            _same_as_predict(serving[0], response.json()["predictions"], start, horizon, rtol=1e-6)
+            _same_as_predict(serving[0], response.json()["predictions"], start, horizon)
     finally:
         server.stop()
