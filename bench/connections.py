@@ -24,7 +24,6 @@ import os
 import resource
 import shutil
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import support
 from bench.inference import BODIES, flts_body, windows
-from flts_cli.stack import LocalStack, StackConfig, free_port
-from shared.model_runtime.networks import ModelSpec
+from flts_cli.stack import free_port
 
 MAX_P99_S = 0.5
 MAX_RSS_MIB = 500.0
@@ -116,32 +114,11 @@ def main() -> int:
         parser.error("wrk is not installed (apt-get install -y wrk)")
     limit = raise_open_files(max(counts))
 
-    workdir = Path(tempfile.mkdtemp(prefix="flts-bench-connections-"))
-    stack = StackConfig(
-        kafka_port=free_port(), s3_port=free_port(), mlflow_port=free_port(), state_dir=workdir / "stack"
-    )
-    local = LocalStack(stack)
-    print(f"starting the stack in {workdir} ...", flush=True)
-    local.start()
-    try:
-        identifier = f"bench-{os.getpid()}"
-        run = support.log_trainer_run(
-            stack, workdir / "artifacts", identifier=identifier, spec=ModelSpec("GRU")
-        )
-        support.promote(stack, run, identifier)
+    with support.promoted_gru_stack("flts-bench-connections-") as bench:
         bodies = [flts_body(w) for w in windows(BODIES)]
         port = free_port()
-        env = {
-            **os.environ,
-            **stack.service_env(),
-            "PYTHONPATH": str(support.REPO),
-            "IDENTIFIERS": identifier,
-            "INFERENCE_HOST": "127.0.0.1",
-            "INFERENCE_PORT": str(port),
-            "WORKERS": "1",
-            "LOG_LEVEL": "WARNING",
-        }
-        log = workdir / "inference.log"
+        env = bench.inference_env(port, workers=1)
+        log = bench.workdir / "inference.log"
         url = f"http://127.0.0.1:{port}"
         results: dict[int, dict[str, Any]] = {}
         with support.process([sys.executable, "-m", "inference_container"], env, log) as proc:
@@ -158,10 +135,10 @@ def main() -> int:
             )
             for connections in counts:
                 # Warm-up: opening the connections and the first calls are not what is measured.
-                support.run_wrk(f"{url}/predict", bodies, connections, 3, args.threads, workdir)
+                support.run_wrk(f"{url}/predict", bodies, connections, 3, args.threads, bench.workdir)
                 before = answered(url)
                 result = support.run_wrk(
-                    f"{url}/predict", bodies, connections, args.duration, args.threads, workdir
+                    f"{url}/predict", bodies, connections, args.duration, args.threads, bench.workdir
                 )
                 if proc.poll() is not None:
                     raise RuntimeError(f"the server exited with {proc.returncode}: {log.read_text()[-2000:]}")
@@ -182,9 +159,6 @@ def main() -> int:
             flush=True,
         )
         return 0
-    finally:
-        local.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

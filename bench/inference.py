@@ -36,7 +36,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +45,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import support
-from flts_cli.stack import LocalStack, StackConfig, free_port
+from flts_cli.stack import free_port
 from shared.data import KPI_COLUMNS
-from shared.model_runtime.networks import ModelSpec
 
 WINDOW = 10
 BODIES = 200
@@ -204,20 +202,9 @@ def main() -> int:
     parser.add_argument("--skip-mlflow", action="store_true", help="measure this service only")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="flts-bench-"))
-    stack = StackConfig(
-        kafka_port=free_port(), s3_port=free_port(), mlflow_port=free_port(), state_dir=workdir / "stack"
-    )
-    local = LocalStack(stack)
-    print(f"starting the stack in {workdir} ...", flush=True)
-    local.start()
-    try:
-        identifier = f"bench-{os.getpid()}"
-        run = support.log_trainer_run(
-            stack, workdir / "artifacts", identifier=identifier, spec=ModelSpec("GRU")
-        )
-        support.promote(stack, run, identifier)
-        champion = support.register_champion(stack, run, identifier)
+    with support.promoted_gru_stack("flts-bench-") as bench:
+        stack, workdir, identifier = bench.stack, bench.workdir, bench.identifier
+        champion = support.register_champion(stack, bench.run, identifier)
         sample = windows(BODIES)
         flts_bodies = [flts_body(w) for w in sample]
         env = {**os.environ, **stack.service_env(), "PYTHONPATH": str(support.REPO)}
@@ -231,15 +218,7 @@ def main() -> int:
             urls: dict[str, tuple[str, int]] = {}
             for name, fast in variants.items():
                 port = free_port()
-                variant_env = {
-                    **env,
-                    "IDENTIFIERS": identifier,
-                    "INFERENCE_HOST": "127.0.0.1",
-                    "INFERENCE_PORT": str(port),
-                    "WORKERS": str(args.workers),
-                    "PREDICT_FAST_PATH": fast,
-                    "LOG_LEVEL": "WARNING",
-                }
+                variant_env = bench.inference_env(port, args.workers, PREDICT_FAST_PATH=fast)
                 log = workdir / f"flts-{fast}.log"
                 proc = servers.enter_context(
                     support.process([sys.executable, "-m", "inference_container"], variant_env, log)
@@ -326,9 +305,6 @@ def main() -> int:
             line += " | mlflow skipped"
         print(f"{line} | bar {'met' if bar else 'NOT met'}", flush=True)
         return 0
-    finally:
-        local.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
-"""What the benchmarks share (bench/inference.py, bench/fleet.py, bench/soak.py), none of it from tests/:
+"""What the benchmarks share (bench/inference.py, bench/connections.py, bench/fleet.py,
+bench/soak.py), none of it from tests/:
 
+- a temporary embedded stack with one GRU run promoted, and the environment of an inference
+  process serving it;
 - a GRU run logged to MLflow as the trainer logs it (the MLflow model at `GRU/`);
 - its promotion, built and written by the evaluator's own code (shared.scoring, shared.promotion),
   and its registration as the `champion` of `flts-<identifier>`, as the evaluator registers it;
@@ -14,8 +17,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +34,7 @@ import pandas as pd
 import torch
 from mlflow.tracking import MlflowClient
 
-from flts_cli.stack import StackConfig
+from flts_cli.stack import LocalStack, StackConfig, free_port
 from shared.data import FEATURE_COLUMNS, KPI_COLUMNS, MinMaxScaler
 from shared.events import ModelType, PromotionPointer, utcnow
 from shared.kafka import EventProducer
@@ -137,6 +142,51 @@ def register_champion(stack: StackConfig, run: BenchRun, identifier: str) -> str
     version = client.create_model_version(name, source=source, run_id=run.run_id)
     client.set_registered_model_alias(name, "champion", version.version)
     return f"models:/{name}@champion"
+
+
+@dataclass(frozen=True)
+class PromotedStack:
+    """A running embedded stack in `workdir` whose station `identifier` has `run` promoted."""
+
+    workdir: Path
+    stack: StackConfig
+    run: BenchRun
+    identifier: str
+
+    def inference_env(self, port: int, workers: int, **extra: str) -> dict[str, str]:
+        """The environment of `python -m inference_container` serving this station on `port`."""
+        return {
+            **os.environ,
+            **self.stack.service_env(),
+            "PYTHONPATH": str(REPO),
+            "IDENTIFIERS": self.identifier,
+            "INFERENCE_HOST": "127.0.0.1",
+            "INFERENCE_PORT": str(port),
+            "WORKERS": str(workers),
+            "LOG_LEVEL": "WARNING",
+            **extra,
+        }
+
+
+@contextlib.contextmanager
+def promoted_gru_stack(prefix: str) -> Iterator[PromotedStack]:
+    """Start the embedded stack on free ports in a new temporary folder, log one GRU run the way
+    the trainer does and promote it; on exit stop the stack and delete the folder."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    stack = StackConfig(
+        kafka_port=free_port(), s3_port=free_port(), mlflow_port=free_port(), state_dir=workdir / "stack"
+    )
+    local = LocalStack(stack)
+    print(f"starting the stack in {workdir} ...", flush=True)
+    local.start()
+    try:
+        identifier = f"bench-{os.getpid()}"
+        run = log_trainer_run(stack, workdir / "artifacts", identifier=identifier, spec=ModelSpec("GRU"))
+        promote(stack, run, identifier)
+        yield PromotedStack(workdir, stack, run, identifier)
+    finally:
+        local.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def http_json(url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, Any]:
