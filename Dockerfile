@@ -74,13 +74,19 @@ ENTRYPOINT ["python", "-m", "preprocess_container"]
 
 FROM runtime AS train
 USER 10001:10001
-# No HTTP server: Kubernetes probes the pod's broker connection instead (.kubernetes/base/train-*.yaml).
-HEALTHCHECK NONE
+# One trainer per container, so a fixed probe port (outside one, trainers default to any free port).
+ENV HEALTH_PORT=8080
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=5 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=9)"]
 ENTRYPOINT ["python", "-m", "train_container"]
 
 FROM runtime AS nonml
 USER 10001:10001
-HEALTHCHECK NONE
+ENV HEALTH_PORT=8080
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=5 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=9)"]
 ENTRYPOINT ["python", "-m", "nonml_container"]
 
 FROM runtime AS eval

@@ -607,13 +607,11 @@ def run_trainer(
     trainer: ModelTrainer,
     service: str,
     stop: threading.Event,
-    *,
-    health_port: int | None = None,
 ) -> int:
     """Consume claims until `stop`; return the process exit code.
 
-    With `health_port`, probes are served (shared.health) from before the first dependency wait:
-    live while the bounded waits run, ready once consuming with MLflow answering.
+    Probes are served on HEALTH_PORT (shared.health) from before the first dependency wait: live
+    while the bounded waits run, ready once consuming with MLflow answering.
     Infrastructure that stays unreachable past the bounded waits and retries ends the process
     with 1, uncommitted, so the orchestrator restarts it and the claim is delivered again."""
     health = HealthState(
@@ -621,7 +619,7 @@ def run_trainer(
         ready_checks={"mlflow": lambda: mlflow_answers(settings.MLFLOW_TRACKING_URI, timeout_s=2.0)},
         startup_budget_s=startup_budget_s(settings.STARTUP_TIMEOUT_S, STARTUP_WAITS),
     )
-    server = None if health_port is None else start_health_server(health_port, health)
+    server = start_health_server(settings.HEALTH_PORT, health)
     try:
         _consume_claims(settings, trainer, service, stop, health)
     except (RetriesExhausted, TransientError) as exc:
@@ -629,8 +627,7 @@ def run_trainer(
         return 1
     finally:
         health.stop_consuming()
-        if server is not None:
-            stop_health_server(server)
+        stop_health_server(server)
     log.info("stopped")
     return 0
 

@@ -61,6 +61,16 @@ class TrainerSettings(BaseServiceSettings, WindowShape):
     MLflow retries."""
 
     KAFKA_GROUP_ID: str = Field(default="", description="Consumer group; empty = trainer-<model type>")
+    # 0 by default, unlike the evaluator's 8080: the embedded stack runs every trainer side by side
+    # on one host, where one fixed port would let only the first one start. Manifests set 8080.
+    HEALTH_PORT: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of /healthz and /readyz, served from before the start-up waits; 0 = any free port (logged)"
+        ),
+    )
     MLFLOW_MAX_RETRIES: int = Field(
         default=4, ge=0, le=50, description="MLflow call attempts beyond the first"
     )

@@ -7,6 +7,7 @@ Locust image drives it headless with zero failures."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from flts_cli.stack import StackConfig, free_ports
 from shared.data import KPI_COLUMNS
-from tests.containers.pods import PodContainer, docker, unique_container_name
+from tests.containers.pods import LISTEN_PORT_VARIABLES, PodContainer, docker, unique_container_name
 from tests.helpers.waiting import wait_until
 from tests.k8s.manifests import Resource, Workload, config_maps, find
 
@@ -29,7 +30,7 @@ LONG_RUNNING = ("train-gru", "train-lstm", "train-prophet", "evaluator", "infere
 class Pods:
     """The containers one test started; their logs are shown when something fails."""
 
-    def __init__(self, rendered: list[Resource], stack: StackConfig, ports: dict[str, int]) -> None:
+    def __init__(self, rendered: list[Resource], stack: StackConfig) -> None:
         self.rendered = rendered
         env = stack.service_env()
         self.config_maps = config_maps(rendered)
@@ -39,7 +40,8 @@ class Pods:
         }
         self.local["AWS_DEFAULT_REGION"] = env.get("AWS_DEFAULT_REGION", "us-east-1")
         self.secrets = {key: env[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-        self.ports = ports
+        # Every container shares the host's network: each workload listens on its own free ports.
+        self.ports: dict[str, dict[str, int]] = {}
         self.started: dict[str, str] = {}
 
     def spec(self, kind: str, name: str, container: str | None = None) -> PodContainer:
@@ -48,9 +50,19 @@ class Pods:
             config_maps=self.config_maps,
             local=self.local,
             secrets=self.secrets,
-            ports=self.ports,
+            ports=self._ports_of(name),
             container_name=container,
         )
+
+    def _ports_of(self, name: str) -> dict[str, int]:
+        if name not in self.ports:
+            taken = {port for ports in self.ports.values() for port in ports.values()}
+            drawn = free_ports(len(LISTEN_PORT_VARIABLES))
+            # Drawn apart from the others, which their containers may not have bound yet.
+            while taken.intersection(drawn):
+                drawn = free_ports(len(LISTEN_PORT_VARIABLES))
+            self.ports[name] = dict(zip(LISTEN_PORT_VARIABLES, drawn, strict=True))
+        return self.ports[name]
 
     def start(self, kind: str, name: str) -> PodContainer:
         spec = self.spec(kind, name)
@@ -58,6 +70,10 @@ class Pods:
         docker(*spec.run_argv(container, detach=True)[1:])
         self.started[name] = container
         return spec
+
+    def url(self, name: str, variable: str) -> str:
+        """Where workload `name` listens on the port its manifest names with `variable`."""
+        return f"http://127.0.0.1:{self.ports[name][variable]}"
 
     def logs(self) -> str:
         parts = []
@@ -77,8 +93,7 @@ class Pods:
 
 @pytest.fixture
 def pods(rendered: list[Resource], stack: StackConfig, images: dict[str, str]) -> Iterator[Pods]:
-    inference_port, health_port = free_ports(2)
-    started = Pods(rendered, stack, {"INFERENCE_PORT": inference_port, "HEALTH_PORT": health_port})
+    started = Pods(rendered, stack)
     try:
         yield started
     finally:
@@ -104,9 +119,11 @@ def test_pipeline_runs_in_containers_from_job_to_a_load_test_with_zero_failures(
     try:
         for name in LONG_RUNNING:
             pods.start("Deployment", name)
-        base_url = f"http://127.0.0.1:{pods.ports['INFERENCE_PORT']}"
-        evaluator_url = f"http://127.0.0.1:{pods.ports['HEALTH_PORT']}"
-        wait_until(lambda: _ok(f"{evaluator_url}/readyz"), timeout_s=120, what="the evaluator ready")
+        base_url = pods.url("inference", "INFERENCE_PORT")
+        # The trainers and the evaluator answer their manifests' probes on their health ports.
+        for name in ("train-gru", "train-lstm", "train-prophet", "evaluator"):
+            ready = functools.partial(_ok, f"{pods.url(name, 'HEALTH_PORT')}/readyz")
+            wait_until(ready, timeout_s=120, what=f"{name} ready")
 
         # A run as `kubectl create job --from=cronjob/preprocess` makes it: the template's pod.
         job = pods.spec("CronJob", "preprocess")

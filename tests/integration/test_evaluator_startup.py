@@ -9,7 +9,6 @@ import contextlib
 import json
 import socket
 import sys
-import textwrap
 import threading
 import urllib.error
 import urllib.request
@@ -133,28 +132,6 @@ def test_evaluator_that_never_reaches_the_broker_answers_probes_then_exits_non_z
     assert "dependencies not reachable at start-up" in evaluator.log_text()
 
 
-# A trainer with its health server on TEST_HEALTH_PORT: what `python -m train_container` runs,
-# given the port (the trainers' settings have no HEALTH_PORT of their own yet).
-TRAINER = textwrap.dedent(
-    """
-    import os, sys, threading
-    from shared.kafka import install_stop_handlers
-    from shared.logging import configure_logging
-    from shared.settings import load_settings
-    from shared.trainer_service import run_trainer
-    from train_container.settings import TrainSettings
-    from train_container.trainer import RecurrentTrainer
-
-    settings = load_settings(TrainSettings)
-    configure_logging("train-gru", settings.LOG_LEVEL)
-    stop = threading.Event()
-    install_stop_handlers(stop)
-    port = int(os.environ["TEST_HEALTH_PORT"])
-    sys.exit(run_trainer(settings, RecurrentTrainer(settings), "train-gru", stop, health_port=port))
-    """
-)
-
-
 # Outside the default suite (CI time budget); `pytest -m slow` runs it.
 @pytest.mark.slow
 def test_trainer_is_live_while_the_broker_is_unreachable_and_ready_once_it_answers(
@@ -173,9 +150,11 @@ def test_trainer_is_live_while_the_broker_is_unreachable_and_ready_once_it_answe
         "STARTUP_TIMEOUT_S": "120",
         "USE_CUDA": "false",
         "LOG_LEVEL": "INFO",
-        "TEST_HEALTH_PORT": str(port),
+        "HEALTH_PORT": str(port),
     }
-    trainer = ServiceProcess([sys.executable, "-c", TRAINER], env, tmp_path / "trainer.log", name="trainer")
+    trainer = ServiceProcess(
+        [sys.executable, "-m", "train_container"], env, tmp_path / "trainer.log", name="trainer"
+    )
     trainer.start()
     try:
         assert_live_not_ready_while_waiting_for_kafka(trainer, port)

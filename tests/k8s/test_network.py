@@ -115,12 +115,7 @@ def _exec_probe(rendered: list[Resource], kind: str, name: str) -> list[str]:
 
 @pytest.mark.parametrize(
     ("kind", "name", "port"),
-    [
-        ("Deployment", "train-gru", 9092),
-        ("Deployment", "train-lstm", 9092),
-        ("Deployment", "train-prophet", 9092),
-        ("Deployment", "locust-worker", 5557),
-    ],
+    [("Deployment", "locust-worker", 5557)],
 )
 def test_connection_probe_passes_only_while_the_pod_holds_the_connection(
     rendered: list[Resource], kind: str, name: str, port: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import urllib.error
 import urllib.request
@@ -108,6 +109,45 @@ def test_evaluator_probes_hit_its_health_server_on_health_port(rendered: list[Re
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("name", "settings_path"),
+    [
+        ("train-gru", "train_container.settings.TrainSettings"),
+        ("train-lstm", "train_container.settings.TrainSettings"),
+        ("train-prophet", "nonml_container.settings.ProphetSettings"),
+    ],
+)
+def test_trainer_probes_hit_the_trainers_health_server_on_health_port(
+    rendered: list[Resource], name: str, settings_path: str
+) -> None:
+    from shared.health import HealthState, start_health_server, stop_health_server
+
+    module, _, class_name = settings_path.rpartition(".")
+    settings_class = getattr(importlib.import_module(module), class_name)
+    container = _only_container(rendered, name)
+    settings = settings_from(settings_class, {**OFFLINE, **_literal_env(container)})
+    [port] = container["ports"]
+    assert port["containerPort"] == settings.HEALTH_PORT == 8080
+    probes = _http_probes(container)
+    assert len(probes) == 3, "startup, readiness and liveness all ask the health server"
+    assert all(_port_number(container, p["port"]) == settings.HEALTH_PORT for p in probes)
+    # The trainers' own probe state (shared.trainer_service builds it this way), on a free port.
+    state = HealthState(name, ready_checks={"mlflow": lambda: True})
+    server = start_health_server(0, state, host="127.0.0.1")
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        live = base + container["livenessProbe"]["httpGet"]["path"]
+        ready = base + container["readinessProbe"]["httpGet"]["path"]
+        assert _get(base + container["startupProbe"]["httpGet"]["path"])[0] == 200
+        state.waiting_for("kafka")
+        assert _get(live)[0] == 200, "live while the bounded start-up waits run"
+        assert _get(ready)[0] == 503, "not consuming yet: must not be ready"
+        state.start_consuming()
+        assert _get(ready)[0] == 200
+    finally:
+        stop_health_server(server)
 
 
 @pytest.mark.parametrize(

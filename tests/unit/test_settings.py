@@ -148,3 +148,21 @@ def test_service_entrypoint_with_malformed_setting_exits_2_naming_it_on_stderr()
     assert result.returncode == 2
     assert "KAFKA_SESSION_TIMEOUT_MS" in result.stderr
     assert "Traceback" not in result.stderr, "a configuration mistake is a message, not a crash"
+
+
+@pytest.mark.parametrize(("value", "reason"), [("http", "integer"), ("70000", "less than or equal to 65535")])
+def test_trainer_health_port_out_of_range_fails_naming_the_variable(
+    env: pytest.MonkeyPatch, value: str, reason: str
+) -> None:
+    from train_container.settings import TrainSettings
+
+    env.setenv("MODEL_TYPE", "GRU")
+    env.delenv("HEALTH_PORT", raising=False)
+    assert load_settings(TrainSettings).HEALTH_PORT == 0, "side by side on one host: any free port"
+    env.setenv("HEALTH_PORT", value)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(TrainSettings)
+
+    assert "HEALTH_PORT" in str(raised.value)
+    assert reason in str(raised.value)
