@@ -14,7 +14,7 @@ import pytest
 from tests.k8s.conftest import rendered  # noqa: F401  (the rendered manifests, shared with tests/k8s)
 from tests.k8s.manifests import Resource, workloads
 
-SERVICE_IMAGES = ("preprocess", "train", "nonml", "eval", "inference", "locust")
+SERVICE_IMAGES = ("preprocess", "train", "nonml", "eval", "inference", "batch", "locust")
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """The whole pipeline in containers: each service's image, started the way its manifest starts it
 (tests/containers/pods.py), against the real broker, S3 server and MLflow server of the session
 stack. The preprocess Job's container publishes the claims, the trainers' containers train, the
-evaluator's promotes, the inference container answers `/predict` with the promoted run, and the
-Locust image drives it headless with zero failures."""
+evaluator's promotes, the inference container answers `/predict` with the promoted run, the batch
+forecaster's container stores the champion's forecast of the claimed test split, and the Locust
+image drives the inference container headless with zero failures."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ import json
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from batch_container.forecast import HORIZON, KIND, ROLLING, forecast_column
 from flts_cli.stack import StackConfig, free_ports
 from shared.data import KPI_COLUMNS
+from shared.storage import ObjectStore
 from tests.containers.pods import LISTEN_PORT_VARIABLES, PodContainer, docker, unique_container_name
 from tests.helpers.waiting import wait_until
 from tests.k8s.manifests import Resource, Workload, config_maps, find
@@ -24,7 +28,8 @@ from tests.k8s.manifests import Resource, Workload, config_maps, find
 pytestmark = pytest.mark.containers
 
 IDENTIFIER = "PobleSec"
-LONG_RUNNING = ("train-gru", "train-lstm", "train-prophet", "evaluator", "inference")
+LONG_RUNNING = ("train-gru", "train-lstm", "train-prophet", "evaluator", "inference", "batch-forecast")
+BATCH_BUCKET = "batch-forecasts"  # the batch forecaster's default, which its manifest keeps
 
 
 class Pods:
@@ -121,7 +126,7 @@ def test_pipeline_runs_in_containers_from_job_to_a_load_test_with_zero_failures(
             pods.start("Deployment", name)
         base_url = pods.url("inference", "INFERENCE_PORT")
         # The trainers and the evaluator answer their manifests' probes on their health ports.
-        for name in ("train-gru", "train-lstm", "train-prophet", "evaluator"):
+        for name in ("train-gru", "train-lstm", "train-prophet", "evaluator", "batch-forecast"):
             ready = functools.partial(_ok, f"{pods.url(name, 'HEALTH_PORT')}/readyz")
             wait_until(ready, timeout_s=120, what=f"{name} ready")
 
@@ -149,12 +154,36 @@ def test_pipeline_runs_in_containers_from_job_to_a_load_test_with_zero_failures(
         for probe in ("/healthz", "/readyz"):
             assert _ok(base_url + probe), probe
 
+        _assert_batch_forecast(pods, stack, str(champion.run_id))
+
         report = _locust(pods, base_url)
         assert report["requests"] > 50, report
         assert report["failures"] == 0, report
     except BaseException:
         print(pods.logs())
         raise
+
+
+def _assert_batch_forecast(pods: Pods, stack: StackConfig, run_id: str) -> None:
+    """The champion's forecast of the claimed test split: every row one step ahead, then the
+    manifest's BATCH_HORIZON steps past the split, under `<identifier>/<config_hash>/<run_id>`."""
+    store = ObjectStore(stack.s3_url, stack.access_key, stack.secret_key)
+
+    def stored() -> list[str]:
+        # The bucket exists: the batch forecaster makes it before it turns ready.
+        keys = store.list_keys(BATCH_BUCKET, f"{IDENTIFIER}/")
+        return [key for key in keys if key.endswith(f"/{run_id}.parquet")]
+
+    wait_until(lambda: bool(stored()), timeout_s=180, interval_s=2, what="the champion's batch forecast")
+    [key] = stored()
+    frame = store.get_parquet(BATCH_BUCKET, key)
+    horizon = int(pods.spec("Deployment", "batch-forecast").env["BATCH_HORIZON"])
+    assert (frame[KIND] == HORIZON).sum() == horizon
+    rolling = frame[frame[KIND] == ROLLING]
+    assert len(rolling) > 100
+    forecasts = rolling[[forecast_column(k) for k in KPI_COLUMNS]].to_numpy()
+    # The first INPUT_SEQ_LEN rows have no full window before them; every later row is forecast.
+    assert np.isfinite(forecasts[20:]).all()
 
 
 def _locust(pods: Pods, base_url: str) -> dict[str, int]:
