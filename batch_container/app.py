@@ -74,7 +74,7 @@ def _serve(settings: BatchSettings, stop: threading.Event, health: HealthState) 
         producer=producer,
         stop=stop,
     )
-    health.start_consuming()
+    health.start_consuming(loop)
     try:
         loop.run()
     except RetriesExhausted as exc:

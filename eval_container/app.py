@@ -88,7 +88,7 @@ def _run(settings: EvaluatorSettings, stop: threading.Event, health: HealthState
         stop=stop,
         on_idle=evaluator.on_idle,
     )
-    health.start_consuming()
+    health.start_consuming(loop)
     try:
         loop.run()
     except RetriesExhausted as exc:

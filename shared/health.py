@@ -1,4 +1,5 @@
-"""A tiny HTTP server for Kubernetes probes: `/healthz` (liveness) and `/readyz` (readiness).
+"""A tiny HTTP server for Kubernetes probes, `/healthz` (liveness) and `/readyz` (readiness), and
+for Prometheus, `/metrics`: the consumer group's lag on each partition the service holds.
 
 It starts before a service waits for its dependencies, so a startupProbe sees the process answer
 while the bounded waits run:
@@ -8,6 +9,10 @@ while the bounded waits run:
 - consuming: live; ready when every readiness check passes (cached, so a burst of probes never
   turns into a burst of requests to a dependency).
 - stopped consuming: live, not ready.
+
+The lag is asked of the broker when Prometheus scrapes (ConsumerLoop.lag), not when the loop polls:
+a trainer fitting a model for minutes polls nothing meanwhile, and its queue is what an operator
+wants to see then. A broker that does not answer leaves the family empty and logs why.
 """
 
 from __future__ import annotations
@@ -16,10 +21,20 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
+
+from confluent_kafka import KafkaException
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shared.kafka import PartitionLag
 
 log = logging.getLogger(__name__)
+
+LAG_METRIC = "consumer_lag_messages"
 
 # Time a start-up may take beyond its waits' own timeouts: imports, client set-up, restoring state.
 STARTUP_GRACE_S = 60.0
@@ -29,6 +44,42 @@ def startup_budget_s(startup_timeout_s: float, waits: int) -> float:
     """The longest a healthy start-up takes: `waits` bounded waits of `startup_timeout_s` each,
     plus STARTUP_GRACE_S. A Kubernetes startupProbe should allow at least this much."""
     return startup_timeout_s * waits + STARTUP_GRACE_S
+
+
+class LagSource(Protocol):
+    def lag(self) -> list[PartitionLag]: ...
+
+
+class ConsumerLagCollector(Collector):
+    """`consumer_lag_messages{group, topic, partition}` of the consumer a HealthState watches."""
+
+    def __init__(self, state: HealthState) -> None:
+        self._state = state
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        source = self._state.lag_source
+        if source is not None:
+            try:
+                lags = source.lag()
+            except (KafkaException, RuntimeError) as exc:  # RuntimeError: closed under our feet
+                log.warning("consumer lag not available", extra={"error": str(exc)})
+                lags = []
+            for lag in lags:
+                family.add_metric([lag.group, lag.topic, str(lag.partition)], lag.messages)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            LAG_METRIC,
+            "Messages the consumer group has not committed yet, per partition of its topics "
+            "(group-wide: every replica reports the same figures)",
+            labels=["group", "topic", "partition"],
+        )
 
 
 class HealthState:
@@ -54,6 +105,10 @@ class HealthState:
         self._waiting_for: str | None = None
         self._started = False
         self._results: dict[str, tuple[float, bool]] = {}
+        self.lag_source: LagSource | None = None
+        # Per state, not the process-wide default registry: tests run several services in one process.
+        self.registry = CollectorRegistry()
+        self.registry.register(ConsumerLagCollector(self))
 
     # -- what the service reports ----------------------------------------------------------------
     def waiting_for(self, dependency: str) -> None:
@@ -62,8 +117,9 @@ class HealthState:
             self._waiting_for = dependency
         log.info("waiting for a dependency", extra={"dependency": dependency})
 
-    def start_consuming(self) -> None:
-        """Start-up is over: the consumer loop runs."""
+    def start_consuming(self, lag_source: LagSource | None = None) -> None:
+        """Start-up is over: the consumer loop (`lag_source`, whose lag /metrics exports) runs."""
+        self.lag_source = lag_source
         with self._lock:
             self._waiting_for = None
             self._started = True
@@ -131,13 +187,17 @@ def _handler_for(state: HealthState) -> type[BaseHTTPRequestHandler]:
             elif path == "/readyz":
                 ready, body = state.readiness()
                 self._reply(200 if ready else 503, body)
+            elif path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(state.registry))
             else:
                 self._reply(404, {"error": f"no route {path}"})
 
         def _reply(self, code: int, body: dict[str, object]) -> None:
-            data = json.dumps(body).encode("utf-8")
+            self._send(code, "application/json", json.dumps(body).encode("utf-8"))
+
+        def _send(self, code: int, content_type: str, data: bytes) -> None:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

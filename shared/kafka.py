@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 # confluent_kafka.admin (NewTopic's documented import path) re-exports it without `as` or __all__,
 # so a strict checker does not count it as exported.
@@ -283,6 +283,16 @@ def send_to_dlq(producer: EventProducer, msg: Message, error: str, service: str)
     producer.publish(dlq_topic(origin.topic), origin.key, letter)
 
 
+@dataclass(frozen=True)
+class PartitionLag:
+    """Messages on one partition that a consumer group has not committed yet."""
+
+    group: str
+    topic: str
+    partition: int
+    messages: int
+
+
 class ConsumerLoop:
     """Consume `topics` in `group_id`, hand each decoded event to `handler`, commit after it."""
 
@@ -324,6 +334,13 @@ class ConsumerLoop:
             fetch_wait_max_ms=fetch_wait_max_ms,
         )
         self._closed = False
+        # The lag is read by a client of its own that never joins the group: a call into the
+        # polling consumer from another thread can deadlock (it may wait for an operation that
+        # only the poll serves, while holding the GIL the poll needs). The lock keeps one query at
+        # a time and none on a closed client.
+        self._lag_client = Consumer({**client_config(bootstrap, f"{service}-lag"), "group.id": group_id})
+        self._lag_lock = threading.Lock()
+        self._lag_closed = False
         self._last_error = ""
 
     @classmethod
@@ -381,6 +398,49 @@ class ConsumerLoop:
             self._closed = True
             self._consumer.close()
             log.info("consumer closed", extra={"group": self.group_id})
+        with self._lag_lock:
+            if not self._lag_closed:
+                self._lag_closed = True
+                self._lag_client.close()
+
+    def lag(self, timeout_s: float = 2.0) -> list[PartitionLag]:
+        """The group's lag on every partition of its topics, asked of the broker: the high
+        watermark minus the group's committed offset (minus the low watermark where it has
+        committed nothing: it then starts at the earliest message). Group-wide, so every replica
+        reports the same figures. Safe from any thread, also while a handler runs for minutes.
+        Raises KafkaException when the broker does not answer within `timeout_s` overall."""
+        deadline = time.monotonic() + timeout_s
+
+        def remaining() -> float:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "consumer lag query timed out"))
+            return left
+
+        with self._lag_lock:
+            if self._lag_closed:
+                return []
+            client = self._lag_client
+            partitions = []
+            for topic in self.topics:
+                found = client.list_topics(topic, timeout=remaining()).topics.get(topic)
+                if found is not None and found.error is None:
+                    partitions += [TopicPartition(topic, number) for number in sorted(found.partitions)]
+            if not partitions:
+                return []
+            lags = []
+            for position in client.committed(partitions, timeout=remaining()):
+                watermarks = client.get_watermark_offsets(position, timeout=remaining(), cached=False)
+                if watermarks is None:
+                    raise KafkaException(
+                        KafkaError(KafkaError._TIMED_OUT, "no watermarks within the timeout")
+                    )
+                low, high = watermarks
+                start = position.offset if position.offset >= 0 else low
+                lags.append(
+                    PartitionLag(self.group_id, position.topic, position.partition, max(high - start, 0))
+                )
+        return sorted(lags, key=lambda lag: (lag.topic, lag.partition))
 
     def process(self, msg: Message) -> bool:
         """Handle one message. Returns False when the loop must stop without committing."""

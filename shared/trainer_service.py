@@ -678,7 +678,7 @@ def _consume_claims(
             producer=producer,
             stop=stop,
         )
-        health.start_consuming()
+        health.start_consuming(loop)
         loop.run()
     finally:
         producer.close()

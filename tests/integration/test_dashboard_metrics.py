@@ -1,6 +1,7 @@
 """Every metric the Grafana dashboard (components/monitoring/flts-dashboard.json) queries is one a
 running FLTS service really exports: a real inference process serves a promoted model, answers
-good and bad requests, and its live /metrics is compared with the names in the dashboard's PromQL
+good and bad requests, a real evaluator consumes (the Kafka consumers' lag), and their live
+/metrics are compared with the names in the dashboard's PromQL
 (a `_bucket`, `_count` or `_sum` only where the family is a histogram, `_total` only on a counter).
 The label names the queries filter and group by are ones the samples or the scrape configuration
 carry. The checker itself is shown to report a made-up name."""
@@ -24,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flts_cli.stack import StackConfig
 from inference_container.telemetry import ServiceMetrics
 from shared.storage import ObjectStore
+from tests.integration.test_evaluator import EvaluatorProcess, evaluator_env, make_topics
 from tests.integration.test_inference_lifecycle import Replica
 from tests.integration.test_inference_support import (
     LoggedModel,
@@ -280,6 +282,36 @@ def live_metrics(inference: Replica, identifier: str) -> str:
     return response.text
 
 
+@pytest.fixture(scope="module")
+def consumer_metrics(
+    stack: StackConfig,
+    service_env: dict[str, str],
+    object_store: ObjectStore,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """/metrics of `python -m eval_container`, a Kafka consumer, once it reports its group's lag."""
+    topics = make_topics(stack, object_store)
+    evaluator = EvaluatorProcess(
+        evaluator_env(service_env, topics), tmp_path_factory.mktemp("evaluator") / "evaluator.log"
+    )
+    exposition = ""
+
+    def reports_lag() -> bool:
+        nonlocal exposition
+        exposition = httpx.get(f"http://127.0.0.1:{evaluator.port}/metrics", timeout=10).text
+        return f'topic="{topics.training}"' in exposition
+
+    try:
+        evaluator.start_ready(timeout_s=60)
+        evaluator.wait_until(reports_lag, 30, "the evaluator's consumer lag on /metrics")
+    finally:
+        evaluator.stop()
+    assert f'consumer_lag_messages{{group="{topics.group}",partition="0",topic="{topics.training}"}} 0.0' in (
+        exposition
+    ), "nothing was published: no lag"
+    return exposition
+
+
 # Outside the default suite (CI time budget); `pytest -m slow` runs it.
 @pytest.mark.slow
 def test_live_metrics_hold_what_the_requests_did(
@@ -299,8 +331,10 @@ def test_live_metrics_hold_what_the_requests_did(
 
 # Outside the default suite (CI time budget); `pytest -m slow` runs it.
 @pytest.mark.slow
-def test_every_metric_the_dashboard_queries_is_exported_by_a_running_service(live_metrics: str) -> None:
-    exported, _ = exported_names(live_metrics)
+def test_every_metric_the_dashboard_queries_is_exported_by_a_running_service(
+    live_metrics: str, consumer_metrics: str
+) -> None:
+    exported, _ = exported_names(live_metrics + consumer_metrics)
     dashboard = load_dashboard()
     queried = set().union(*(metric_names(expr) for _, expr, _ in dashboard_queries(dashboard)))
     assert len(queried) >= 8, f"the dashboard queries too little to be checked: {queried}"
@@ -309,7 +343,9 @@ def test_every_metric_the_dashboard_queries_is_exported_by_a_running_service(liv
 
 # Outside the default suite (CI time budget); `pytest -m slow` runs it.
 @pytest.mark.slow
-def test_every_label_the_dashboard_uses_is_on_the_samples_or_set_by_the_scrape(live_metrics: str) -> None:
-    _, labels = exported_names(live_metrics)
+def test_every_label_the_dashboard_uses_is_on_the_samples_or_set_by_the_scrape(
+    live_metrics: str, consumer_metrics: str
+) -> None:
+    _, labels = exported_names(live_metrics + consumer_metrics)
     known = labels | scrape_target_labels() | {"le"}
     assert unknown_labels(load_dashboard(), known) == {}

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from pydantic import BaseModel
 
 from flts_cli.stack import StackConfig
 from shared.events import DataClaim, DeadLetter, dlq_topic
+from shared.health import HealthState, start_health_server, stop_health_server
 from shared.kafka import (
     ConsumerLoop,
     EventProducer,
     MessageContext,
+    PartitionLag,
     PoisonMessage,
     RetriesExhausted,
     TransientError,
@@ -330,3 +333,48 @@ def test_sigterm_finishes_the_message_in_hand_commits_it_and_exits_zero(
     assert exit_s < 10
     assert committed_offset(stack, group, topic) == 1
     assert '"msg": "stop signal received"' in stderr
+
+
+def test_lag_counts_the_messages_a_busy_handler_has_not_committed_and_reaches_zero_after(
+    stack: StackConfig,
+    make_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    producer: EventProducer,
+) -> None:
+    topic, group = make_topic("lag"), unique_name("group")
+    for n in range(3):
+        producer.publish(topic, f"key-{n}", claim(f"claim-{n}"))
+    in_handler, release, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def handle(_event: BaseModel, _ctx: MessageContext) -> None:
+        in_handler.set()
+        release.wait(LOOP_TIMEOUT_S)  # a trainer fitting a model: the loop polls nothing meanwhile
+
+    loop = make_loop(stack, topic, group, handle, stop, producer)
+    health = HealthState("kafka-layer-test")
+    server = start_health_server(0, health, host="127.0.0.1")
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    try:
+        assert in_handler.wait(LOOP_TIMEOUT_S), "the first message never reached the handler"
+        health.start_consuming(loop)
+        # Asked from this thread while the loop's thread is inside the handler.
+        assert loop.lag() == [PartitionLag(group, topic, 0, 3)]
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            exposition = response.read().decode()
+        sample = f'consumer_lag_messages{{group="{group}",partition="0",topic="{topic}"}} 3.0'
+        assert sample in exposition
+
+        release.set()
+        deadline = time.monotonic() + LOOP_TIMEOUT_S
+        while loop.commits != [0, 1, 2] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert loop.commits == [0, 1, 2]
+        assert loop.lag() == [PartitionLag(group, topic, 0, 0)]
+    finally:
+        release.set()
+        stop.set()
+        thread.join(10)
+        stop_health_server(server)
+    assert loop.lag() == [], "a closed consumer holds no partition"

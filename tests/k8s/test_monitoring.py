@@ -7,6 +7,7 @@ deny, and the dashboard ConfigMap is the dashboard file."""
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import re
 import urllib.error
@@ -40,23 +41,35 @@ ADDED = {
     ("ConfigMap", "flts-grafana-dashboard"),
     ("ConfigMap", "flts-prometheus-scrape"),
     ("NetworkPolicy", "allow-prometheus-scrape"),
+    ("NetworkPolicy", "allow-prometheus-scrape-consumers"),
 }
 SCRAPE, PORT, PATH = "prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"
 # Where the component's NetworkPolicy expects the Prometheus server (docs/MONITORING.md).
 PROMETHEUS_NAMESPACE = {"kubernetes.io/metadata.name": "monitoring"}
 PROMETHEUS_POD = {"app.kubernetes.io/name": "prometheus"}
-# The package whose code each FLTS image runs; a package that imports prometheus_client serves
-# /metrics from the workloads running its image.
-IMAGE_OF_PACKAGE = {
-    "inference_container": "flts/inference",
-    "eval_container": "flts/eval",
-    "batch_container": "flts/batch",
-    "train_container": "flts/train",
-    "nonml_container": "flts/nonml",
-    "preprocess_container": "flts/preprocess",
-    "locust": "flts/locust",
-    "flts_cli": None,  # runs on a workstation, never in the cluster
+# The images that run each package's code; a package that imports prometheus_client serves
+# /metrics from the workloads running those images.
+CONSUMER_IMAGES = frozenset({"flts/eval", "flts/batch", "flts/train", "flts/nonml"})
+IMAGES_OF_PACKAGE: dict[str, frozenset[str]] = {
+    "inference_container": frozenset({"flts/inference"}),
+    "eval_container": frozenset({"flts/eval"}),
+    "batch_container": frozenset({"flts/batch"}),
+    "train_container": frozenset({"flts/train"}),
+    "nonml_container": frozenset({"flts/nonml"}),
+    "preprocess_container": frozenset({"flts/preprocess"}),
+    "locust": frozenset({"flts/locust"}),
+    # shared.health: the health server of every Kafka consumer service, /metrics included.
+    "shared": CONSUMER_IMAGES,
+    "flts_cli": frozenset(),  # runs on a workstation, never in the cluster
 }
+# The settings class of each consumer image: where its health port comes from.
+SETTINGS_OF_IMAGE = {
+    "flts/eval": "eval_container.settings.EvaluatorSettings",
+    "flts/batch": "batch_container.settings.BatchSettings",
+    "flts/train": "train_container.settings.TrainSettings",
+    "flts/nonml": "nonml_container.settings.ProphetSettings",
+}
+CONSUMERS = {"evaluator", "batch-forecast", "train-gru", "train-lstm", "train-prophet"}
 # Connection values for building settings in-process; nothing is contacted.
 OFFLINE = {
     "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
@@ -141,21 +154,19 @@ def _packages_exporting_metrics() -> set[str]:
 
 
 def _metrics_images() -> set[str]:
-    images = set()
+    images: set[str] = set()
     for package in _packages_exporting_metrics():
-        assert package in IMAGE_OF_PACKAGE, (
-            f"{package} exports Prometheus metrics: name the image that runs it in IMAGE_OF_PACKAGE "
-            "and annotate its pods in components/monitoring"
+        assert package in IMAGES_OF_PACKAGE, (
+            f"{package} exports Prometheus metrics: name the images that run it in IMAGES_OF_PACKAGE "
+            "and annotate their pods in components/monitoring"
         )
-        image = IMAGE_OF_PACKAGE[package]
-        if image is not None:
-            images.add(image)
+        images |= IMAGES_OF_PACKAGE[package]
     return images
 
 
-def test_the_inference_api_is_the_one_flts_image_that_exports_metrics() -> None:
+def test_the_images_exporting_metrics_are_inference_and_the_kafka_consumers() -> None:
     # When another service starts exporting metrics this fails: annotate it, then update the set.
-    assert _metrics_images() == {"flts/inference"}
+    assert _metrics_images() == {"flts/inference"} | CONSUMER_IMAGES
 
 
 def _inference_metrics_port(container: dict[str, Any]) -> int:
@@ -174,6 +185,26 @@ def _inference_metrics_port(container: dict[str, Any]) -> int:
     return settings.INFERENCE_PORT
 
 
+def _consumer_metrics_port(container: dict[str, Any]) -> int:
+    """The health port a consumer serves /metrics on, from its settings class and the container's
+    own environment, after asking a real health server (shared.health) for /metrics."""
+    from shared.health import LAG_METRIC, HealthState, start_health_server, stop_health_server
+
+    module, _, name = SETTINGS_OF_IMAGE[container["image"].partition(":")[0]].rpartition(".")
+    settings_class = getattr(importlib.import_module(module), name)
+    env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    settings = settings_from(settings_class, {**OFFLINE, **env})
+    server = start_health_server(0, HealthState(container["name"]), host="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("text/plain; version=")
+            assert f"# TYPE {LAG_METRIC} gauge" in response.read().decode()
+    finally:
+        stop_health_server(server)
+    return int(settings.HEALTH_PORT)
+
+
 def test_every_pod_serving_metrics_is_annotated_with_the_port_it_serves(monitored: list[Resource]) -> None:
     images = _metrics_images()
     annotated = set()
@@ -188,11 +219,16 @@ def test_every_pod_serving_metrics_is_annotated_with_the_port_it_serves(monitore
             continue
         annotated.add(workload.name)
         [container] = workload.containers
-        port = _inference_metrics_port(container)
+        image = container["image"].partition(":")[0]
+        port = (
+            _inference_metrics_port(container)
+            if image == "flts/inference"
+            else _consumer_metrics_port(container)
+        )
         assert annotations[PORT] == str(port)
         assert annotations[PATH] == "/metrics"
         assert port in {p["containerPort"] for p in container["ports"]}, "the metrics port is not declared"
-    assert annotated == {"inference"}
+    assert annotated == {"inference"} | CONSUMERS
 
 
 def test_no_service_is_annotated_for_scraping(monitored: list[Resource]) -> None:
@@ -201,24 +237,6 @@ def test_no_service_is_annotated_for_scraping(monitored: list[Resource]) -> None
     for resource in monitored:
         if resource["kind"] == "Service":
             assert SCRAPE not in resource["metadata"].get("annotations", {}), _identity(resource)
-
-
-def test_evaluator_health_server_serves_no_metrics(monitored: list[Resource]) -> None:
-    """The other HTTP server FLTS runs answers /metrics with 404, so leaving it unannotated is right."""
-    from eval_container.health import HealthState, start_health_server
-
-    assert find(monitored, "Deployment", "evaluator")
-    server = start_health_server(0, HealthState(lambda: True), host="127.0.0.1")
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        with urllib.request.urlopen(url + "/healthz", timeout=5) as response:
-            assert response.status == 200
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url + "/metrics", timeout=5)
-        assert refused.value.code == 404
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- the Prometheus configuration ------------------------------------------------------------------
@@ -351,7 +369,11 @@ def test_relabel_simulation_drops_and_rewrites_like_prometheus() -> None:
 
 
 def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    assert set(selector) <= {"matchLabels"}, f"selector {selector} not simulated"
+    assert set(selector) <= {"matchLabels", "matchExpressions"}, f"selector {selector} not simulated"
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", f"operator {expression['operator']} not simulated"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
 
@@ -394,6 +416,15 @@ def test_prometheus_alone_may_reach_each_scraped_port(monitored: list[Resource])
         assert not any(admits(p, flts_namespace, PROMETHEUS_POD, port) for p in guarding)
     scrape = find(monitored, "NetworkPolicy", "allow-prometheus-scrape")
     assert not admits(scrape, PROMETHEUS_NAMESPACE, PROMETHEUS_POD, 8001), "only the metrics port"
+    consumers = find(monitored, "NetworkPolicy", "allow-prometheus-scrape-consumers")
+    assert not admits(consumers, PROMETHEUS_NAMESPACE, PROMETHEUS_POD, 8000), "only the health port"
+    # The consumers' policy selects exactly the consumers: no other pod opens 8080 to Prometheus.
+    selected = {
+        w.name
+        for w in workloads(monitored)
+        if _matches(consumers["spec"]["podSelector"], w.template["metadata"]["labels"])
+    }
+    assert selected == CONSUMERS
 
 
 # -- the dashboard -------------------------------------------------------------------------------
