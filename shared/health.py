@@ -1,5 +1,5 @@
 """A tiny HTTP server for Kubernetes probes, `/healthz` (liveness) and `/readyz` (readiness), and
-for Prometheus, `/metrics`: the consumer group's lag on each partition the service holds.
+for Prometheus, `/metrics`: the consumer group's lag on every partition of its topics.
 
 It starts before a service waits for its dependencies, so a startupProbe sees the process answer
 while the bounded waits run:

@@ -336,11 +336,12 @@ class ConsumerLoop:
         self._closed = False
         # The lag is read by a client of its own that never joins the group: a call into the
         # polling consumer from another thread can deadlock (it may wait for an operation that
-        # only the poll serves, while holding the GIL the poll needs). The lock keeps one query at
-        # a time and none on a closed client.
-        self._lag_client = Consumer({**client_config(bootstrap, f"{service}-lag"), "group.id": group_id})
+        # only the poll serves, while holding the GIL the poll needs). Made on the first lag query,
+        # so a service nobody scrapes never opens it; the lock keeps one query at a time and none
+        # once the loop is closed.
+        self._bootstrap = bootstrap
+        self._lag_client: Consumer | None = None
         self._lag_lock = threading.Lock()
-        self._lag_closed = False
         self._last_error = ""
 
     @classmethod
@@ -399,9 +400,9 @@ class ConsumerLoop:
             self._consumer.close()
             log.info("consumer closed", extra={"group": self.group_id})
         with self._lag_lock:
-            if not self._lag_closed:
-                self._lag_closed = True
+            if self._lag_client is not None:
                 self._lag_client.close()
+                self._lag_client = None
 
     def lag(self, timeout_s: float = 2.0) -> list[PartitionLag]:
         """The group's lag on every partition of its topics, asked of the broker: the high
@@ -418,8 +419,13 @@ class ConsumerLoop:
             return left
 
         with self._lag_lock:
-            if self._lag_closed:
+            if self._closed:
                 return []
+            if self._lag_client is None:
+                client_id = f"{self.service}-lag"
+                self._lag_client = Consumer(
+                    {**client_config(self._bootstrap, client_id), "group.id": self.group_id}
+                )
             client = self._lag_client
             partitions = []
             for topic in self.topics:
